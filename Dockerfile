@@ -4,14 +4,14 @@
 #   docker build -t consumer-operator:dev .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/consumer-operator:<tag> .
 #
-# The binary is what `cargo build --release --locked --bin consumer-operator` makes on any Debian 12
-# (glibc 2.36) machine; nothing else goes into the image. The TLS stack is rustls with ring, so
+# The binary is what `cargo build --release --locked --bin consumer-operator` makes on a Debian 13
+# (glibc 2.41) machine; nothing else goes into the image. The TLS stack is rustls with ring, so
 # no OpenSSL is needed at build or run time.
 
 ARG RUST_VERSION=1.95
 
-# Bookworm, to link against the same glibc as the distroless Debian 12 runtime below.
-FROM rust:${RUST_VERSION}-bookworm AS builder
+# Trixie (the default of rust:1.95), to link against the glibc of the distroless Debian 13 runtime.
+FROM rust:${RUST_VERSION}-trixie AS builder
 WORKDIR /src
 
 # Only what the build reads, so that editing tests, docs or deploy/ does not rebuild.
@@ -26,7 +26,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D -m 0755 target/release/consumer-operator /out/consumer-operator
 
 # distroless/cc: glibc, libgcc and CA certificates, no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian13:nonroot
 LABEL org.opencontainers.image.title="consumer-operator" \
       org.opencontainers.image.description="Onboards STOA API consumers into Keycloak" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -51,7 +51,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "consumer-operator.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- $message := "serviceAccount.name is required when serviceAccount.create is false" }}
+{{- required $message .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
 
