@@ -1,0 +1,873 @@
+//! Reconciles a Consumer: its Keycloak client, its credentials Secret, its status and events.
+//! Decisions come from `decide::client` and `decide::credentials`; this file only observes and
+//! applies. Every step can be interrupted: the next reconcile finishes it from what it observes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::AtomicBool},
+    time::Instant,
+};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::EventType,
+        finalizer::{Event as Finalizer, finalizer},
+        watcher,
+    },
+};
+use serde_json::json;
+
+use super::{Context, Error, on_error};
+use crate::{
+    api::{
+        Consumer, ConsumerState, ConsumerStatus,
+        condition::{self, Desired},
+        consumer::{ConsumerPhase, CredentialsStatus},
+    },
+    decide::{
+        client::{self as decide_client, CertificateBinding, Ownership},
+        credentials::{self, ObservedSecret, Step},
+    },
+    keycloak,
+    names::{self, condition as cond, event, reason, secret as keys},
+};
+
+const KIND: &str = "Consumer";
+
+/// Runs one controller per watched namespace (all namespaces when the list is empty).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    concurrency: u16,
+    ready: Arc<AtomicBool>,
+) {
+    let apis: Vec<(Api<Consumer>, Api<Secret>)> = if namespaces.is_empty() {
+        vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                )
+            })
+            .collect()
+    };
+    let secrets_config = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
+    let controllers = apis.into_iter().map(|(consumers, secrets)| {
+        let controller = Controller::new(consumers, watcher::Config::default())
+            .owns(secrets, secrets_config.clone())
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .shutdown_on_signal();
+        let store = controller.store();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                super::mark_ready(&ready);
+            }
+        });
+        controller
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller event");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}
+
+fn error_policy(consumer: Arc<Consumer>, error: &Error, ctx: Arc<Context>) -> Action {
+    // NB: the error policy is synchronous; the backoff bookkeeping needs the async lock.
+    futures::executor::block_on(on_error(consumer, error, ctx, KIND))
+}
+
+async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = consumer.namespace().unwrap_or_default();
+    let api: Api<Consumer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = super::object_key(consumer.as_ref());
+
+    let result = finalizer(&api, names::CONSUMER_FINALIZER, consumer, |event| async {
+        match event {
+            Finalizer::Apply(consumer) => apply(&consumer, &ctx).await,
+            Finalizer::Cleanup(consumer) => cleanup(&consumer, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+
+    ctx.metrics.reconciled(KIND, started.elapsed());
+    if result.is_ok() {
+        ctx.record_success(&key).await;
+    }
+    result
+}
+
+/// What one reconcile observed and decided, for the status.
+struct Outcome {
+    client: Result<ClientSync, Failure>,
+    credentials: Result<CredentialsSync, Failure>,
+}
+
+struct ClientSync {
+    uuid: String,
+}
+
+struct CredentialsSync {
+    status: CredentialsStatus,
+    /// When the previous secret's grace ends, for a timed requeue.
+    grace_ends: Option<DateTime<Utc>>,
+}
+
+/// A condition reason and a message that says what is wrong (never a secret).
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn from_keycloak(error: &keycloak::Error) -> Self {
+        let reason = match error {
+            keycloak::Error::Unavailable { .. } => reason::KEYCLOAK_UNAVAILABLE,
+            keycloak::Error::RealmNotFound { .. } => reason::REALM_NOT_FOUND,
+            keycloak::Error::Http { .. } => reason::KEYCLOAK_ERROR,
+        };
+        Self::new(reason, error.to_string())
+    }
+}
+
+async fn apply(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
+    let realm = decide_client::realm(&ctx.settings.realm_template, &consumer.spec.tenant_id);
+    let client_id = decide_client::client_id(consumer);
+
+    let invalid = validate_spec(consumer);
+    let outcome = match invalid {
+        Some(failure) => Outcome {
+            client: Err(failure),
+            credentials: Err(Failure::new(reason::INVALID_SPEC, "spec is invalid")),
+        },
+        None => sync(consumer, ctx, &realm, &client_id).await?,
+    };
+
+    let unavailable = matches!(&outcome.client, Err(f) if f.reason == reason::KEYCLOAK_UNAVAILABLE)
+        || matches!(&outcome.credentials, Err(f) if f.reason == reason::KEYCLOAK_UNAVAILABLE);
+    let grace_ends = outcome.credentials.as_ref().ok().and_then(|c| c.grace_ends);
+    write_status(consumer, ctx, &realm, &client_id, outcome).await?;
+
+    if unavailable {
+        // Report through the error policy, which backs off with jitter.
+        return Err(Error::Keycloak(keycloak::Error::Unavailable {
+            operation: "reconcile",
+            message: "Keycloak did not answer".to_owned(),
+        }));
+    }
+    let mut requeue = ctx.settings.resync_interval;
+    if let Some(until) = grace_ends {
+        let wait = (until - Utc::now()).to_std().unwrap_or_default();
+        requeue = requeue.min(wait + std::time::Duration::from_millis(50));
+    }
+    Ok(Action::requeue(requeue))
+}
+
+fn validate_spec(consumer: &Consumer) -> Option<Failure> {
+    let errors = validate_spec_rules(consumer);
+    (!errors.is_empty()).then(|| Failure::new(reason::INVALID_SPEC, errors.join("; ")))
+}
+
+fn validate_spec_rules(consumer: &Consumer) -> Vec<String> {
+    let mut errors: Vec<String> = crate::api::consumer::validate_spec(&consumer.spec)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if let Err(e) = consumer.spec.credentials.rotation_grace_period.to_std() {
+        errors.push(format!("spec.credentials.rotationGracePeriod: {e}"));
+    }
+    errors
+}
+
+/// Brings the client and the Secret in line. Keycloak failures end up in the outcome (and the
+/// status); Kubernetes failures are returned.
+async fn sync(
+    consumer: &Consumer,
+    ctx: &Context,
+    realm: &str,
+    client_id: &str,
+) -> Result<Outcome, Error> {
+    let secrets: Api<Secret> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let secret_name = consumer.secret_name();
+    let observed_secret = secrets.get_opt(&secret_name).await?;
+    if let Some(secret) = &observed_secret
+        && !owned_by(secret, consumer)
+    {
+        let message = format!(
+            "Secret {secret_name} exists and is not owned by this Consumer; it is left untouched"
+        );
+        let failure = || Failure::new(reason::CONFLICT, message.clone());
+        ctx.event(
+            consumer,
+            EventType::Warning,
+            reason::CONFLICT,
+            message.clone(),
+        )
+        .await;
+        return Ok(Outcome {
+            client: Err(failure()),
+            credentials: Err(failure()),
+        });
+    }
+
+    let client = match sync_client(consumer, ctx, realm, client_id).await {
+        Ok(client) => client,
+        Err(failure) => {
+            let credentials = Failure::new(failure.reason, "waiting for the Keycloak client");
+            return Ok(Outcome {
+                client: Err(failure),
+                credentials: Err(credentials),
+            });
+        }
+    };
+    let credentials = sync_credentials(
+        consumer,
+        ctx,
+        realm,
+        client_id,
+        &client.uuid,
+        observed_secret.as_ref(),
+    )
+    .await?;
+    Ok(Outcome {
+        client: Ok(client),
+        credentials,
+    })
+}
+
+async fn sync_client(
+    consumer: &Consumer,
+    ctx: &Context,
+    realm: &str,
+    client_id: &str,
+) -> Result<ClientSync, Failure> {
+    let kc = &ctx.keycloak;
+    let binding = CertificateBinding::default();
+    let observed = kc
+        .find_client(realm, client_id)
+        .await
+        .map_err(|e| Failure::from_keycloak(&e))?;
+
+    let Some(observed) = observed else {
+        let desired = decide_client::desired_client(consumer, &binding);
+        let uuid = match kc.create_client(realm, desired).await {
+            Ok(uuid) => uuid,
+            // Created concurrently (another replica, or an answer lost in a previous attempt):
+            // the next reconcile reads and checks it.
+            Err(e) => return Err(Failure::from_keycloak(&e)),
+        };
+        let had_client = consumer
+            .status
+            .as_ref()
+            .and_then(|s| s.keycloak_client_uuid.as_ref())
+            .is_some();
+        if had_client {
+            ctx.event(
+                consumer,
+                EventType::Warning,
+                event::DRIFT_CORRECTED,
+                format!(
+                    "Keycloak client {client_id} was missing in realm {realm} and was created again"
+                ),
+            )
+            .await;
+        } else {
+            ctx.event(
+                consumer,
+                EventType::Normal,
+                event::CLIENT_CREATED,
+                format!("Created Keycloak client {client_id} in realm {realm}"),
+            )
+            .await;
+        }
+        tracing::info!(consumer = %super::object_key(consumer), %realm, %client_id, "client created");
+        return Ok(ClientSync { uuid });
+    };
+
+    let uuid = observed.id.clone().unwrap_or_default();
+    match decide_client::ownership(&observed, consumer) {
+        Ownership::Ours => {}
+        Ownership::Other(owner) => {
+            let message =
+                format!("Keycloak client {client_id} in realm {realm} belongs to Consumer {owner}");
+            ctx.event(
+                consumer,
+                EventType::Warning,
+                reason::CONFLICT,
+                message.clone(),
+            )
+            .await;
+            return Err(Failure::new(reason::CONFLICT, message));
+        }
+        Ownership::Unowned if adopts(consumer) => {
+            tracing::info!(consumer = %super::object_key(consumer), %client_id, "adopting client");
+        }
+        Ownership::Unowned => {
+            let message = format!(
+                "Keycloak client {client_id} in realm {realm} exists without an owner; annotate the Consumer with {}: \"true\" to adopt it",
+                names::ADOPT_ANNOTATION
+            );
+            ctx.event(
+                consumer,
+                EventType::Warning,
+                reason::CONFLICT,
+                message.clone(),
+            )
+            .await;
+            return Err(Failure::new(reason::CONFLICT, message));
+        }
+    }
+
+    let changes = decide_client::changes(&observed, consumer, &binding);
+    if changes.is_empty() {
+        return Ok(ClientSync { uuid });
+    }
+    let keycloak_error = |e: keycloak::Error| Failure::from_keycloak(&e);
+    if let Some(update) = changes.update.clone() {
+        kc.update_client(realm, &uuid, update)
+            .await
+            .map_err(keycloak_error)?;
+    }
+    for mapper in changes.create_mappers.clone() {
+        kc.create_mapper(realm, &uuid, mapper)
+            .await
+            .map_err(keycloak_error)?;
+    }
+    for mapper in changes.update_mappers.clone() {
+        kc.update_mapper(realm, &uuid, mapper)
+            .await
+            .map_err(keycloak_error)?;
+    }
+    for id in &changes.delete_mappers {
+        kc.delete_mapper(realm, &uuid, id)
+            .await
+            .map_err(keycloak_error)?;
+    }
+
+    let spec_seen = consumer.status.as_ref().and_then(|s| s.observed_generation)
+        == consumer.metadata.generation;
+    if spec_seen {
+        ctx.event(consumer, EventType::Warning, event::DRIFT_CORRECTED, format!("Keycloak client {client_id} had been changed outside the operator and was corrected")).await;
+    } else {
+        ctx.event(
+            consumer,
+            EventType::Normal,
+            event::CLIENT_UPDATED,
+            format!("Updated Keycloak client {client_id}"),
+        )
+        .await;
+    }
+    tracing::info!(consumer = %super::object_key(consumer), %realm, %client_id, "client updated");
+    Ok(ClientSync { uuid })
+}
+
+fn adopts(consumer: &Consumer) -> bool {
+    consumer
+        .annotations()
+        .get(names::ADOPT_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+fn owned_by(secret: &Secret, consumer: &Consumer) -> bool {
+    let uid = consumer.uid();
+    secret
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+fn observe(secret: &Secret) -> ObservedSecret {
+    let data = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    let annotations = secret.annotations();
+    let time = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    ObservedSecret {
+        data,
+        revision: annotations
+            .get(keys::REVISION_ANNOTATION)
+            .and_then(|v| v.parse().ok()),
+        rotated_at: time(keys::ROTATED_AT_ANNOTATION),
+        previous_valid_until: time(keys::PREVIOUS_VALID_UNTIL_ANNOTATION),
+    }
+}
+
+async fn sync_credentials(
+    consumer: &Consumer,
+    ctx: &Context,
+    realm: &str,
+    client_id: &str,
+    uuid: &str,
+    secret: Option<&Secret>,
+) -> Result<Result<CredentialsSync, Failure>, Error> {
+    let kc = &ctx.keycloak;
+    let now = Utc::now();
+    let spec_revision = consumer.spec.credentials.revision;
+    let observed = secret.map(observe);
+    let attempt = async {
+        let current = kc.client_secret(realm, uuid).await?;
+        let needs_rotated = observed.as_ref().is_some_and(|o| {
+            o.revision.is_some_and(|r| r < spec_revision) || o.previous_valid_until.is_some()
+        }) || status_grace(consumer).is_some_and(|until| until > now);
+        let rotated = if needs_rotated {
+            kc.rotated_secret(realm, uuid).await?
+        } else {
+            None
+        };
+        Ok::<_, keycloak::Error>((current, rotated))
+    };
+    let (current, rotated) = match attempt.await {
+        Ok(secrets) => secrets,
+        Err(e) => return Ok(Err(Failure::from_keycloak(&e))),
+    };
+
+    let grace = consumer
+        .spec
+        .credentials
+        .rotation_grace_period
+        .to_std()
+        .unwrap_or_default();
+    let step = credentials::step(
+        spec_revision,
+        observed.as_ref(),
+        &current,
+        rotated.as_deref(),
+        now,
+    );
+    let token_url = ctx.settings.token_url(realm);
+    let inputs = |client_secret: &str, previous: Option<String>, rotated_at, until| {
+        credentials::desired(credentials::Inputs {
+            client_id,
+            client_secret,
+            token_url: &token_url,
+            revision: spec_revision,
+            previous: previous.as_deref(),
+            rotated_at,
+            previous_valid_until: until,
+        })
+    };
+    let last = observed.clone().unwrap_or_default();
+    let (desired, rotated_now) = match step {
+        Step::Rotate => {
+            let new = match kc.regenerate_secret(realm, uuid).await {
+                Ok(new) => new,
+                Err(e) => return Ok(Err(Failure::from_keycloak(&e))),
+            };
+            let until = now + chrono::Duration::from_std(grace).unwrap_or_default();
+            (
+                inputs(&new, Some(current.clone()), Some(now), Some(until)),
+                true,
+            )
+        }
+        Step::RecordRotation => {
+            let until = now + chrono::Duration::from_std(grace).unwrap_or_default();
+            (
+                inputs(
+                    &current,
+                    last.client_secret().map(str::to_owned),
+                    Some(now),
+                    Some(until),
+                ),
+                true,
+            )
+        }
+        Step::EndGrace => {
+            if let Err(e) = kc.invalidate_rotated_secret(realm, uuid).await {
+                return Ok(Err(Failure::from_keycloak(&e)));
+            }
+            tracing::info!(consumer = %super::object_key(consumer), %client_id, "previous client secret invalidated");
+            (inputs(&current, None, last.rotated_at, None), false)
+        }
+        Step::Keep => {
+            // The previous secret stays in the Secret while its grace lasts; a Secret deleted
+            // during the grace gets it back from Keycloak's rotated secret.
+            let until = last
+                .previous_valid_until
+                .or_else(|| status_grace(consumer))
+                .filter(|u| *u > now);
+            let previous = until.and(
+                last.previous_client_secret()
+                    .map(str::to_owned)
+                    .or(rotated.clone()),
+            );
+            let rotated_at = last.rotated_at.or_else(|| status_rotated_at(consumer));
+            (inputs(&current, previous, rotated_at, until), false)
+        }
+    };
+
+    write_secret(consumer, ctx, secret, &desired).await?;
+    if rotated_now {
+        ctx.event(consumer, EventType::Normal, event::CREDENTIALS_ROTATED, format!("Rotated the client secret of {client_id} to revision {spec_revision}; the previous one works for {}", consumer.spec.credentials.rotation_grace_period)).await;
+        tracing::info!(consumer = %super::object_key(consumer), %client_id, revision = spec_revision, "credentials rotated");
+    }
+
+    let annotation_time = |key: &str| desired.annotations.get(key).cloned();
+    let grace_ends = annotation_time(keys::PREVIOUS_VALID_UNTIL_ANNOTATION)
+        .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+        .map(|t| t.with_timezone(&Utc));
+    Ok(Ok(CredentialsSync {
+        status: CredentialsStatus {
+            revision: spec_revision,
+            rotated_at: annotation_time(keys::ROTATED_AT_ANNOTATION),
+            previous_valid_until: annotation_time(keys::PREVIOUS_VALID_UNTIL_ANNOTATION),
+        },
+        grace_ends,
+    }))
+}
+
+fn status_grace(consumer: &Consumer) -> Option<DateTime<Utc>> {
+    let value = consumer
+        .status
+        .as_ref()?
+        .credentials
+        .as_ref()?
+        .previous_valid_until
+        .as_ref()?;
+    DateTime::parse_from_rfc3339(value)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn status_rotated_at(consumer: &Consumer) -> Option<DateTime<Utc>> {
+    let value = consumer
+        .status
+        .as_ref()?
+        .credentials
+        .as_ref()?
+        .rotated_at
+        .as_ref()?;
+    DateTime::parse_from_rfc3339(value)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Writes the Secret with server-side apply when its data or our annotations differ. A Secret
+/// that was deleted or edited is put back, with a Warning event.
+async fn write_secret(
+    consumer: &Consumer,
+    ctx: &Context,
+    observed: Option<&Secret>,
+    desired: &credentials::DesiredSecret,
+) -> Result<(), Error> {
+    let observed_view = observed.map(observe);
+    let same_data = observed_view
+        .as_ref()
+        .is_some_and(|o| o.data == desired.data);
+    let same_annotations = observed.is_some_and(|s| {
+        desired
+            .annotations
+            .iter()
+            .all(|(k, v)| s.annotations().get(k) == Some(v))
+            && [
+                keys::PREVIOUS_VALID_UNTIL_ANNOTATION,
+                keys::ROTATED_AT_ANNOTATION,
+            ]
+            .iter()
+            .all(|k| s.annotations().contains_key(*k) == desired.annotations.contains_key(*k))
+    });
+    if same_data && same_annotations {
+        return Ok(());
+    }
+
+    let name = consumer.secret_name();
+    let namespace = consumer.namespace().unwrap_or_default();
+    let owner = OwnerReference {
+        api_version: Consumer::api_version(&()).into_owned(),
+        kind: Consumer::kind(&()).into_owned(),
+        name: consumer.name_any(),
+        uid: consumer.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                names::MANAGED_BY_LABEL.to_owned(),
+                names::MANAGED_BY.to_owned(),
+            )])),
+            annotations: Some(desired.annotations.clone()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            desired
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(&secret)).await?;
+
+    // An existing Secret whose client_secret no longer matched was edited or lost its value.
+    let restored = match &observed_view {
+        None => consumer
+            .status
+            .as_ref()
+            .and_then(|s| s.secret_name.as_ref())
+            .is_some(),
+        Some(o) => {
+            o.client_secret() != desired.data.get(keys::CLIENT_SECRET).map(String::as_str)
+                && o.revision == Some(consumer.spec.credentials.revision)
+        }
+    };
+    if restored {
+        ctx.event(
+            consumer,
+            EventType::Warning,
+            event::DRIFT_CORRECTED,
+            format!("Secret {name} was deleted or edited and was restored from Keycloak"),
+        )
+        .await;
+    }
+    tracing::info!(consumer = %super::object_key(consumer), secret = %name, "credentials secret written");
+    Ok(())
+}
+
+async fn write_status(
+    consumer: &Consumer,
+    ctx: &Context,
+    realm: &str,
+    client_id: &str,
+    outcome: Outcome,
+) -> Result<(), Error> {
+    let previous = consumer.status.clone().unwrap_or_default();
+    let desired_conditions = conditions(consumer, &outcome);
+    let ready = desired_conditions.iter().all(|c| c.status);
+
+    let was_unavailable = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == cond::READY && c.reason == reason::KEYCLOAK_UNAVAILABLE);
+    if let Some(failure) = outcome
+        .client
+        .as_ref()
+        .err()
+        .or(outcome.credentials.as_ref().err())
+        && failure.reason == reason::KEYCLOAK_UNAVAILABLE
+        && !was_unavailable
+    {
+        ctx.event(
+            consumer,
+            EventType::Warning,
+            reason::KEYCLOAK_UNAVAILABLE,
+            failure.message.clone(),
+        )
+        .await;
+    }
+    if let Err(failure) = &outcome.client
+        && failure.reason == reason::INVALID_SPEC
+    {
+        ctx.event(
+            consumer,
+            EventType::Warning,
+            reason::INVALID_SPEC,
+            failure.message.clone(),
+        )
+        .await;
+    }
+
+    let phase = match (&outcome.client, consumer.spec.state) {
+        (Ok(_), _) if !ready => ConsumerPhase::Pending,
+        (Ok(_), ConsumerState::Active) => ConsumerPhase::Active,
+        (Ok(_), ConsumerState::Suspended) => ConsumerPhase::Suspended,
+        (Ok(_), ConsumerState::Blocked) => ConsumerPhase::Blocked,
+        (Err(f), _) if f.reason == reason::KEYCLOAK_UNAVAILABLE => ConsumerPhase::Pending,
+        (Err(_), _) => ConsumerPhase::Failed,
+    };
+    let client_ok = outcome.client.as_ref().ok();
+    let status = ConsumerStatus {
+        phase: Some(phase),
+        conditions: condition::merge(
+            &previous.conditions,
+            desired_conditions,
+            consumer.metadata.generation,
+            Utc::now(),
+        ),
+        observed_generation: consumer.metadata.generation,
+        realm: Some(realm.to_owned()),
+        keycloak_client_id: Some(client_id.to_owned()),
+        keycloak_client_uuid: client_ok
+            .map(|c| c.uuid.clone())
+            .or(previous.keycloak_client_uuid.clone()),
+        secret_name: if outcome.credentials.is_ok() {
+            Some(consumer.secret_name())
+        } else {
+            previous.secret_name.clone()
+        },
+        token_url: Some(ctx.settings.token_url(realm)),
+        credentials: outcome
+            .credentials
+            .as_ref()
+            .ok()
+            .map(|c| c.status.clone())
+            .or(previous.credentials.clone()),
+    };
+    if status == previous {
+        return Ok(());
+    }
+    let api: Api<Consumer> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let patch = json!({
+        "apiVersion": Consumer::api_version(&()),
+        "kind": Consumer::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(names::FIELD_MANAGER).force();
+    api.patch_status(&consumer.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+fn conditions(consumer: &Consumer, outcome: &Outcome) -> Vec<Desired> {
+    let client = match &outcome.client {
+        Ok(_) => Desired::new(
+            cond::CLIENT_SYNCED,
+            true,
+            reason::RECONCILED,
+            format!(
+                "Keycloak client {} matches the spec",
+                decide_client::client_id(consumer)
+            ),
+        ),
+        Err(f) => Desired::new(cond::CLIENT_SYNCED, false, f.reason, f.message.clone()),
+    };
+    let credentials = match &outcome.credentials {
+        Ok(_) => Desired::new(
+            cond::CREDENTIALS_READY,
+            true,
+            reason::RECONCILED,
+            format!(
+                "Secret {} holds the current credentials",
+                consumer.secret_name()
+            ),
+        ),
+        Err(f) => Desired::new(cond::CREDENTIALS_READY, false, f.reason, f.message.clone()),
+    };
+    let ready = match (&outcome.client, &outcome.credentials) {
+        (Ok(_), Ok(_)) => {
+            let message = match consumer.spec.state {
+                ConsumerState::Active => "client enabled, credentials ready".to_owned(),
+                state => format!("{} consumer: client disabled", state.as_str()),
+            };
+            Desired::new(cond::READY, true, reason::RECONCILED, message)
+        }
+        (Err(f), _) | (_, Err(f)) => Desired::new(cond::READY, false, f.reason, f.message.clone()),
+    };
+    vec![ready, client, credentials]
+}
+
+/// Deletes the Keycloak client (unless the Orphan policy says otherwise) and the Secret.
+async fn cleanup(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
+    let realm = decide_client::realm(&ctx.settings.realm_template, &consumer.spec.tenant_id);
+    let client_id = decide_client::client_id(consumer);
+    let orphan = consumer
+        .annotations()
+        .get(names::DELETION_POLICY_ANNOTATION)
+        .is_some_and(|p| p == names::DELETION_POLICY_ORPHAN);
+
+    if !orphan {
+        let deleted = async {
+            match ctx.keycloak.find_client(&realm, &client_id).await? {
+                Some(client) if decide_client::ownership(&client, consumer) == Ownership::Ours => {
+                    ctx.keycloak
+                        .delete_client(&realm, client.id.as_deref().unwrap_or_default())
+                        .await?;
+                    Ok(true)
+                }
+                _ => Ok::<_, keycloak::Error>(false),
+            }
+        };
+        match deleted.await {
+            Ok(true) => {
+                ctx.event(
+                    consumer,
+                    EventType::Normal,
+                    event::CLIENT_DELETED,
+                    format!("Deleted Keycloak client {client_id}"),
+                )
+                .await;
+                tracing::info!(consumer = %super::object_key(consumer), %client_id, "client deleted");
+            }
+            Ok(false) => {}
+            // A missing realm holds no client.
+            Err(keycloak::Error::RealmNotFound { .. }) => {}
+            Err(error) => {
+                let failure = Failure::from_keycloak(&error);
+                let outcome = Outcome {
+                    client: Err(Failure::new(
+                        failure.reason,
+                        format!("deleting: {}", failure.message),
+                    )),
+                    credentials: Err(Failure::new(
+                        reason::DELETING,
+                        "waiting for the Keycloak client to be deleted",
+                    )),
+                };
+                write_status(consumer, ctx, &realm, &client_id, outcome).await?;
+                return Err(error.into());
+            }
+        }
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    if let Some(secret) = secrets.get_opt(&consumer.secret_name()).await?
+        && owned_by(&secret, consumer)
+    {
+        match secrets
+            .delete(&consumer.secret_name(), &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,253 @@
+//! The I/O of reconciling: the shared context, errors and their backoff, events and status
+//! writes, and `run`, which starts the controllers, the HTTP endpoints and leader election.
+
+pub mod consumer;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use kube::{
+    Client, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+    },
+};
+use rand::Rng;
+use tokio::sync::Mutex;
+
+use crate::{
+    cli::RunArgs,
+    keycloak::{self, AdminCredentials, Keycloak},
+    metrics::Metrics,
+    names::{self, reason},
+    server,
+};
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    pub client: Client,
+    pub keycloak: Keycloak,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// Consecutive failures per object, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub realm_template: String,
+    pub token_url_base: String,
+    pub resync_interval: Duration,
+}
+
+impl Settings {
+    pub fn token_url(&self, realm: &str) -> String {
+        format!(
+            "{}/realms/{realm}/protocol/openid-connect/token",
+            self.token_url_base
+        )
+    }
+}
+
+/// Why a reconcile did not finish. Each variant has a metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Keycloak(#[from] keycloak::Error),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Keycloak(keycloak::Error::Unavailable { .. }) => reason::KEYCLOAK_UNAVAILABLE,
+            Self::Keycloak(keycloak::Error::RealmNotFound { .. }) => reason::REALM_NOT_FOUND,
+            Self::Keycloak(_) => reason::KEYCLOAK_ERROR,
+            Self::Kube(_) => reason::KUBERNETES_ERROR,
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => reason::KUBERNETES_ERROR,
+            },
+        }
+    }
+}
+
+/// Backoff for a failing object: 1 s doubling to 5 minutes, with up to 50 % jitter so that
+/// consumers failing together (Keycloak down) do not retry in lockstep.
+pub fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1 << failures.min(9))
+        .min(Duration::from_secs(300));
+    let jitter = rand::rng().random_range(0.0..0.5);
+    base.mul_f64(1.0 + jitter)
+}
+
+impl Context {
+    async fn record_failure(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().await;
+        let count = failures.entry(key).or_insert(0);
+        *count += 1;
+        backoff(*count - 1)
+    }
+
+    async fn record_success(&self, key: &str) {
+        self.failures.lock().await.remove(key);
+    }
+
+    /// Publishes an event on `object`. A failure to publish is logged, never fatal.
+    pub async fn event<K>(&self, object: &K, type_: EventType, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, reason, "cannot publish event");
+        }
+    }
+}
+
+fn object_key<K: Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// The error policy shared by the controllers: count, log, back off with jitter.
+pub async fn on_error<K: Resource>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+    kind: &'static str,
+) -> Action {
+    ctx.metrics.failed(kind, error.metric_label());
+    let delay = ctx.record_failure(object_key(object.as_ref())).await;
+    tracing::warn!(
+        kind,
+        object = %object_key(object.as_ref()),
+        error = %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let client = Client::try_default().await?;
+    let credentials = AdminCredentials::from_dir(&args.keycloak_admin_credentials_dir)?;
+    let keycloak_url = args.keycloak_url.trim_end_matches('/').to_owned();
+    let keycloak = Keycloak::new(
+        &keycloak::Config {
+            url: keycloak_url.clone(),
+            admin_realm: args.keycloak_admin_realm.clone(),
+            credentials,
+            ca_file: args.keycloak_ca_file.clone(),
+        },
+        metrics.clone(),
+    )?;
+    let identity = args
+        .leader_election_identity
+        .clone()
+        .unwrap_or_else(hostname);
+    let reporter = Reporter {
+        controller: names::MANAGED_BY.to_owned(),
+        instance: Some(identity.clone()),
+    };
+    let settings = Settings {
+        realm_template: args.realm_template.clone(),
+        token_url_base: args
+            .token_url_base
+            .clone()
+            .unwrap_or(keycloak_url)
+            .trim_end_matches('/')
+            .to_owned(),
+        resync_interval: args.resync_interval,
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        keycloak,
+        metrics: metrics.clone(),
+        settings,
+        failures: Mutex::default(),
+    });
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(server::serve(
+        args.metrics_addr,
+        args.health_addr,
+        metrics,
+        ready.clone(),
+    ));
+
+    if args.leader_election {
+        crate::lease::acquire(
+            &client,
+            &args.leader_election_namespace,
+            &args.leader_election_name,
+            &identity,
+        )
+        .await?;
+    }
+
+    let namespaces: Vec<String> = args
+        .watch_namespace
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
+    tracing::info!(
+        namespaces = ?namespaces,
+        concurrency = args.concurrency,
+        realm_template = %args.realm_template,
+        "starting controllers"
+    );
+    let controllers = consumer::run(ctx.clone(), namespaces, args.concurrency, ready.clone());
+    tokio::select! {
+        () = controllers => {}
+        result = server => result??,
+    }
+    if args.leader_election {
+        crate::lease::release(
+            &client,
+            &args.leader_election_namespace,
+            &args.leader_election_name,
+            &identity,
+        )
+        .await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "consumer-operator".to_owned())
+}
+
+/// Marks the operator ready once every store has its first full list.
+pub fn mark_ready(ready: &AtomicBool) {
+    ready.store(true, Ordering::SeqCst);
+}
