@@ -13,25 +13,36 @@ export GOFLAGS=-mod=mod CGO_ENABLED=0
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
-go_build() { # name version module-dir packages...
-  local name=$1 version=$2 dir=$3 out
-  shift 3
+go_build() { # name version module-dir extra-ldflags packages...
+  local name=$1 version=$2 dir=$3 ldflags="-s -w $4" out
+  shift 4
   out=$CACHE/$name-$version
   if [ -f "$out/.done" ]; then return 0; fi
   log "building $name $version (cold: many minutes on 2 cores)"
   mkdir -p "$out/bin"
   local started=$SECONDS
-  (cd "$here/go/$dir" && go build -trimpath -ldflags='-s -w' -o "$out/bin/" "$@")
+  (cd "$here/go/$dir" && go build -trimpath -ldflags="$ldflags" -o "$out/bin/" "$@")
   touch "$out/.done"
   log "built $name $version in $((SECONDS - started))s"
 }
 
+# Kubernetes' release scripts stamp the version into the binaries; without it they report
+# v0.0.0-master, which `kubectl version` cannot parse and a chart's kubeVersion never satisfies.
 build_kube() {
-  go_build kubernetes "$KUBERNETES_VERSION" kube k8s.io/kubernetes/cmd/kube-apiserver \
+  local minor=${KUBERNETES_VERSION#v1.} stamp="" pkg
+  minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    stamp+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    stamp+=" -X $pkg.gitTreeState=clean"
+  done
+  go_build kubernetes "$KUBERNETES_VERSION" kube "$stamp" k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 }
-build_etcd() { go_build etcd "$ETCD_VERSION" etcd .; }
-build_helm() { go_build helm "$HELM_VERSION" helm helm.sh/helm/v4/cmd/helm; }
+build_etcd() { go_build etcd "$ETCD_VERSION" etcd "" .; }
+build_helm() {
+  go_build helm "$HELM_VERSION" helm "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+    helm.sh/helm/v4/cmd/helm
+}
 
 fetch_keycloak() {
   local out=$CACHE/keycloak-$KEYCLOAK_VERSION
