@@ -153,7 +153,7 @@ async fn import(args: &ImportArgs) -> Result<Summary, Summary> {
 
     match args.output {
         Some(OutputFormat::Yaml) => print_manifests(file, args, &failed_lines, &mut summary)
-            .map_err(|error| file_error(summary.total, error))?,
+            .map_err(|error| Summary::nothing_applied(summary.total, None, error))?,
         None => {
             let api = apply::consumers(&args.namespace)
                 .await
@@ -230,15 +230,17 @@ fn print_manifests(
     args: &ImportArgs,
     failed_lines: &HashSet<u64>,
     summary: &mut Summary,
-) -> Result<(), FileError> {
+) -> Result<(), String> {
+    let cannot_write = |error: io::Error| format!("cannot write the manifests: {error}");
     let mut out = io::BufWriter::new(io::stdout().lock());
-    for parsed in Rows::open(file, &args.tenant)? {
-        match parsed? {
+
+    for parsed in Rows::open(file, &args.tenant).map_err(|error| error.to_string())? {
+        match parsed.map_err(|error| error.to_string())? {
             Parsed::Valid(row) if failed_lines.contains(&row.line) => {}
             Parsed::Valid(row) => {
                 let yaml = serde_yaml::to_string(&row.manifest(&args.namespace))
                     .expect("a manifest serialises");
-                write!(out, "---\n{yaml}")?;
+                write!(out, "---\n{yaml}").map_err(cannot_write)?;
             }
             Parsed::Invalid(error) => {
                 if let Some(error) = changed_since_validation(failed_lines, error) {
@@ -247,8 +249,7 @@ fn print_manifests(
             }
         }
     }
-    out.flush()?;
-    Ok(())
+    out.flush().map_err(cannot_write)
 }
 
 /// A row that passed the first pass but not the second: the file was edited in between.
