@@ -72,6 +72,8 @@ pub mod claims {
     pub const CONSUMER_ID: &str = "consumer_id";
     pub const CNF: &str = "cnf";
     pub const X5T_S256_ACCEPTED: &str = "x5t_s256_accepted";
+    /// The member of `cnf` that carries the certificate thumbprint (RFC 8705).
+    pub const CNF_X5T_S256: &str = "x5t#S256";
 }
 
 /// Condition types.

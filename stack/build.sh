@@ -9,7 +9,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.env"
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/consumer-operator
-export GOFLAGS=-mod=mod CGO_ENABLED=0
+export GOFLAGS=-mod=mod
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -21,7 +21,10 @@ go_build() { # name version module-dir extra-ldflags packages...
   log "building $name $version (cold: many minutes on 2 cores)"
   mkdir -p "$out/bin"
   local started=$SECONDS
-  (cd "$here/go/$dir" && go build -trimpath -ldflags="$ldflags" -o "$out/bin/" "$@")
+  # NB: kube-apiserver and friends are built with the toolchain's default cgo setting, etcd and
+  # helm without cgo; a changed setting recompiles everything (25 minutes here), not only links.
+  (cd "$here/go/$dir" && CGO_ENABLED=${CGO:-$(go env CGO_ENABLED)} \
+    go build -trimpath -ldflags="$ldflags" -o "$out/bin/" "$@")
   touch "$out/.done"
   log "built $name $version in $((SECONDS - started))s"
 }
@@ -38,9 +41,9 @@ build_kube() {
   go_build kubernetes "$KUBERNETES_VERSION" kube "$stamp" k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 }
-build_etcd() { go_build etcd "$ETCD_VERSION" etcd "" .; }
+build_etcd() { CGO=0 go_build etcd "$ETCD_VERSION" etcd "" .; }
 build_helm() {
-  go_build helm "$HELM_VERSION" helm "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+  CGO=0 go_build helm "$HELM_VERSION" helm "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
     helm.sh/helm/v4/cmd/helm
 }
 

@@ -6,13 +6,16 @@ pub mod condition;
 pub mod consumer;
 pub mod duration;
 
+pub use certificate::{
+    CertificateState, ConsumerCertificate, ConsumerCertificateSpec, ConsumerCertificateStatus,
+};
 pub use consumer::{Consumer, ConsumerSpec, ConsumerState, ConsumerStatus};
 
 use kube::CustomResourceExt;
 
 /// The CRDs as YAML documents: `(file name, yaml)` in the order `crds/` lists them.
 pub fn crd_documents() -> Vec<(String, String)> {
-    let crds = [Consumer::crd()];
+    let crds = [Consumer::crd(), ConsumerCertificate::crd()];
     crds.into_iter()
         .map(|crd| {
             let file = format!("{}.yaml", kube::ResourceExt::name_any(&crd));
@@ -20,4 +23,17 @@ pub fn crd_documents() -> Vec<(String, String)> {
             (file, yaml)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_crds_are_what_the_binary_prints() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+
+        for (file, yaml) in super::crd_documents() {
+            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+            assert!(committed == yaml, "crds/{file} differs from `consumer-operator crd`: run `make crds`");
+        }
+    }
 }

@@ -21,6 +21,7 @@ use kube::{
         controller::{self, Action},
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -29,7 +30,7 @@ use serde_json::json;
 use super::{Context, Error, on_error};
 use crate::{
     api::{
-        Consumer, ConsumerState, ConsumerStatus,
+        Consumer, ConsumerCertificate, ConsumerState, ConsumerStatus,
         condition::{self, Desired},
         consumer::{ConsumerPhase, CredentialsStatus},
     },
@@ -43,46 +44,46 @@ use crate::{
 
 const KIND: &str = "Consumer";
 
-/// Runs one controller per watched namespace (all namespaces when the list is empty).
+/// Runs one controller per watched namespace and returns when they stop.
 pub async fn run(
     ctx: Arc<Context>,
-    namespaces: Vec<String>,
+    apis: Vec<Api<Consumer>>,
     concurrency: u16,
     ready: Arc<AtomicBool>,
+    recoveries: tokio::sync::watch::Receiver<u64>,
 ) {
-    let apis: Vec<(Api<Consumer>, Api<Secret>)> = if namespaces.is_empty() {
-        vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| {
-                (
-                    Api::namespaced(ctx.client.clone(), ns),
-                    Api::namespaced(ctx.client.clone(), ns),
-                )
-            })
-            .collect()
-    };
     let secrets_config = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
-    let controllers = apis.into_iter().map(|(consumers, secrets)| {
+    let controllers = apis.into_iter().map(|consumers| {
+        let (secrets, certificates): (Api<Secret>, Api<ConsumerCertificate>) =
+            match consumers.namespace() {
+                Some(ns) => (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                ),
+                None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+            };
         let controller = Controller::new(consumers, watcher::Config::default())
             .owns(secrets, secrets_config.clone())
+            .watches(certificates, watcher::Config::default(), |certificate| {
+                let namespace = certificate.namespace().unwrap_or_default();
+                Some(ObjectRef::new(&certificate.spec.consumer_ref.name).within(&namespace))
+            })
             .with_config(controller::Config::default().concurrency(concurrency))
+            .reconcile_all_on(super::recovery_stream(recoveries.clone()))
             .shutdown_on_signal();
         let store = controller.store();
+        ctx.stores.add_consumers(store.clone());
         let ready = ready.clone();
         tokio::spawn(async move {
             if store.wait_until_ready().await.is_ok() {
                 super::mark_ready(&ready);
             }
         });
-        controller
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "controller event");
-                }
-            })
+        controller.run(reconcile, error_policy, ctx.clone()).for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
     });
     futures::future::join_all(controllers).await;
 }
@@ -269,7 +270,7 @@ async fn sync_client(
     client_id: &str,
 ) -> Result<ClientSync, Failure> {
     let kc = &ctx.keycloak;
-    let binding = CertificateBinding::default();
+    let binding = certificate_binding(consumer, ctx, None);
     let observed = kc
         .find_client(realm, client_id)
         .await
@@ -386,6 +387,53 @@ async fn sync_client(
     }
     tracing::info!(consumer = %super::object_key(consumer), %realm, %client_id, "client updated");
     Ok(ClientSync { uuid })
+}
+
+/// The thumbprints of the consumer's certificates to bind, from the certificates' statuses;
+/// `except` leaves out one certificate (the one being deleted).
+fn certificate_binding(consumer: &Consumer, ctx: &Context, except: Option<&str>) -> CertificateBinding {
+    let certificates = ctx.stores.certificates();
+    let views: Vec<_> = certificates
+        .iter()
+        .filter(|c| c.namespace() == consumer.namespace())
+        .filter(|c| c.spec.consumer_ref.name == consumer.name_any())
+        .filter(|c| c.metadata.deletion_timestamp.is_none() && c.uid().as_deref() != except)
+        .filter_map(|c| {
+            let created = c.metadata.creation_timestamp.as_ref()?.0.as_second();
+            Some(crate::decide::certificate::CertificateView {
+                status: c.status.as_ref()?,
+                created: DateTime::from_timestamp(created, 0),
+            })
+        })
+        .collect();
+    crate::decide::certificate::binding(&views)
+}
+
+/// Brings the certificate claims of the consumer's client in line, leaving out the certificate
+/// `except` (used by a ConsumerCertificate's finalizer, before it lets go).
+pub async fn bind_certificates(consumer: &Consumer, ctx: &Context, except: Option<&str>) -> Result<(), Error> {
+    let realm = decide_client::realm(&ctx.settings.realm_template, &consumer.spec.tenant_id);
+    let client_id = decide_client::client_id(consumer);
+    let kc = &ctx.keycloak;
+    let Some(observed) = kc.find_client(&realm, &client_id).await? else {
+        return Ok(());
+    };
+    if decide_client::ownership(&observed, consumer) != Ownership::Ours {
+        return Ok(());
+    }
+    let uuid = observed.id.clone().unwrap_or_default();
+    let binding = certificate_binding(consumer, ctx, except);
+    let changes = decide_client::changes(&observed, consumer, &binding);
+    for mapper in changes.create_mappers {
+        kc.create_mapper(&realm, &uuid, mapper).await?;
+    }
+    for mapper in changes.update_mappers {
+        kc.update_mapper(&realm, &uuid, mapper).await?;
+    }
+    for id in &changes.delete_mappers {
+        kc.delete_mapper(&realm, &uuid, id).await?;
+    }
+    Ok(())
 }
 
 fn adopts(consumer: &Consumer) -> bool {

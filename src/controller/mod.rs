@@ -1,6 +1,7 @@
 //! The I/O of reconciling: the shared context, errors and their backoff, events and status
 //! writes, and `run`, which starts the controllers, the HTTP endpoints and leader election.
 
+pub mod certificate;
 pub mod consumer;
 
 use std::{
@@ -13,8 +14,9 @@ use std::{
 };
 
 use kube::{
-    Client, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     runtime::{
+        reflector::Store,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
     },
@@ -23,6 +25,7 @@ use rand::Rng;
 use tokio::sync::Mutex;
 
 use crate::{
+    api::{Consumer, ConsumerCertificate},
     cli::RunArgs,
     keycloak::{self, AdminCredentials, Keycloak},
     metrics::Metrics,
@@ -39,6 +42,35 @@ pub struct Context {
     pub settings: Settings,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The controllers' caches, for decisions that look across objects.
+    pub stores: Stores,
+}
+
+/// The reflector stores of every controller (one per watched namespace and kind).
+#[derive(Default)]
+pub struct Stores {
+    consumers: std::sync::RwLock<Vec<Store<Consumer>>>,
+    certificates: std::sync::RwLock<Vec<Store<ConsumerCertificate>>>,
+}
+
+impl Stores {
+    pub fn add_consumers(&self, store: Store<Consumer>) {
+        self.consumers.write().expect("not poisoned").push(store);
+    }
+
+    pub fn add_certificates(&self, store: Store<ConsumerCertificate>) {
+        self.certificates.write().expect("not poisoned").push(store);
+    }
+
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        let stores = self.consumers.read().expect("not poisoned");
+        stores.iter().flat_map(|s| s.state()).collect()
+    }
+
+    pub fn certificates(&self) -> Vec<Arc<ConsumerCertificate>> {
+        let stores = self.certificates.read().expect("not poisoned");
+        stores.iter().flat_map(|s| s.state()).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +96,9 @@ pub enum Error {
     Keycloak(#[from] keycloak::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The certificate thumbprints could not be bound into the client's tokens.
+    #[error("binding certificates: {0}")]
+    Binding(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -75,6 +110,7 @@ impl Error {
             Self::Keycloak(keycloak::Error::RealmNotFound { .. }) => reason::REALM_NOT_FOUND,
             Self::Keycloak(_) => reason::KEYCLOAK_ERROR,
             Self::Kube(_) => reason::KUBERNETES_ERROR,
+            Self::Binding(_) => reason::KEYCLOAK_ERROR,
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -84,12 +120,14 @@ impl Error {
     }
 }
 
-/// Backoff for a failing object: 1 s doubling to 5 minutes, with up to 50 % jitter so that
+const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// Backoff for a failing object: 1 s doubling to 2 minutes, with up to 50 % jitter so that
 /// consumers failing together (Keycloak down) do not retry in lockstep.
 pub fn backoff(failures: u32) -> Duration {
     let base = Duration::from_secs(1)
         .saturating_mul(1 << failures.min(9))
-        .min(Duration::from_secs(300));
+        .min(MAX_BACKOFF);
     let jitter = rand::rng().random_range(0.0..0.5);
     base.mul_f64(1.0 + jitter)
 }
@@ -191,6 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         settings,
         failures: Mutex::default(),
+        stores: Stores::default(),
     });
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -223,9 +262,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         realm_template = %args.realm_template,
         "starting controllers"
     );
-    let controllers = consumer::run(ctx.clone(), namespaces, args.concurrency, ready.clone());
+    let recoveries = ctx.keycloak.recoveries(&args.keycloak_url, &args.keycloak_admin_realm);
+    let consumers = consumer::run(
+        ctx.clone(),
+        namespaced(&client, &namespaces),
+        args.concurrency,
+        ready.clone(),
+        recoveries,
+    );
+    let certificates = certificate::run(
+        ctx.clone(),
+        namespaced(&client, &namespaces),
+        args.concurrency,
+        ready.clone(),
+    );
     tokio::select! {
-        () = controllers => {}
+        _ = futures::future::join(consumers, certificates) => {}
         result = server => result??,
     }
     if args.leader_election {
@@ -241,10 +293,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One Api per watched namespace, or one for all namespaces.
+fn namespaced<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        return vec![Api::all(client.clone())];
+    }
+    namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "consumer-operator".to_owned())
+}
+
+/// A stream that yields once per Keycloak recovery, for `Controller::reconcile_all_on`.
+pub fn recovery_stream(
+    recoveries: tokio::sync::watch::Receiver<u64>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(recoveries, |mut receiver| async move {
+        receiver.changed().await.ok()?;
+        Some(((), receiver))
+    })
 }
 
 /// Marks the operator ready once every store has its first full list.

@@ -96,7 +96,7 @@ pub fn desired_mappers(
     if let Some(newest) = &binding.newest {
         add(
             claims::CNF,
-            serde_json::json!({ "x5t#S256": newest }).to_string(),
+            serde_json::json!({ claims::CNF_X5T_S256: newest }).to_string(),
             true,
         );
     }

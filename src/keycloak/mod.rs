@@ -77,6 +77,16 @@ pub struct Keycloak {
     metrics: Arc<Metrics>,
     /// Realms whose secret-rotation policy is known to be in place.
     rotation_policy_ready: Arc<Mutex<HashSet<String>>>,
+    /// Whether the last call found Keycloak unreachable, and a counter of recoveries that the
+    /// controllers watch to retry everything at once instead of waiting out their backoff.
+    health: Arc<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    unavailable: std::sync::atomic::AtomicBool,
+    went_down: tokio::sync::Notify,
+    recoveries: std::sync::OnceLock<tokio::sync::watch::Sender<u64>>,
 }
 
 /// An HTTP client that verifies TLS with the system roots plus an optional extra CA bundle.
@@ -110,7 +120,35 @@ impl Keycloak {
             token,
             metrics,
             rotation_policy_ready: Arc::default(),
+            health: Arc::default(),
         })
+    }
+
+    /// A receiver that changes each time Keycloak answers again after being unreachable. The
+    /// first call starts the probe that watches for the recovery (a GET of the admin realm every
+    /// two seconds, only while Keycloak is down).
+    pub fn recoveries(&self, url: &str, admin_realm: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut started = false;
+        let sender = self.health.recoveries.get_or_init(|| {
+            started = true;
+            tokio::sync::watch::channel(0).0
+        });
+        if started {
+            let health = self.health.clone();
+            let probe = format!("{}/realms/{admin_realm}", url.trim_end_matches('/'));
+            let http = reqwest::Client::new();
+            tokio::spawn(async move { watch_recovery(health, probe, http).await });
+        }
+        sender.subscribe()
+    }
+
+    fn observe(&self, result: &Result<(), &Error>) {
+        use std::sync::atomic::Ordering;
+        let down = matches!(result, Err(Error::Unavailable { .. }));
+        let was_down = self.health.unavailable.swap(down, Ordering::SeqCst);
+        if down && !was_down {
+            self.health.went_down.notify_one();
+        }
     }
 
     /// Runs one admin call: times and counts it, and maps its error.
@@ -130,8 +168,15 @@ impl Keycloak {
         self.metrics
             .keycloak_request(operation, status, started.elapsed());
         match result {
-            Ok(value) => Ok(value),
-            Err(error) => Err(self.classify(operation, realm, error).await),
+            Ok(value) => {
+                self.observe(&Ok(()));
+                Ok(value)
+            }
+            Err(error) => {
+                let error = self.classify(operation, realm, error).await;
+                self.observe(&Err(&error));
+                Err(error)
+            }
         }
     }
 
@@ -358,6 +403,23 @@ impl Keycloak {
 
         ready.insert(realm.to_owned());
         Ok(())
+    }
+}
+
+async fn watch_recovery(health: Arc<Health>, probe: String, http: reqwest::Client) {
+    use std::sync::atomic::Ordering;
+    loop {
+        if !health.unavailable.load(Ordering::SeqCst) {
+            health.went_down.notified().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let answered = http.get(&probe).send().await.is_ok_and(|r| r.status().is_success());
+        if answered && health.unavailable.swap(false, Ordering::SeqCst) {
+            tracing::info!("Keycloak answers again; retrying every object");
+            if let Some(sender) = health.recoveries.get() {
+                sender.send_modify(|n| *n += 1);
+            }
+        }
     }
 }
 
