@@ -44,6 +44,13 @@ use crate::{
 
 const KIND: &str = "Consumer";
 
+/// Failure reasons retried with backoff rather than at the next resync.
+const RETRIED: [&str; 3] = [
+    reason::KEYCLOAK_UNAVAILABLE,
+    reason::REALM_NOT_FOUND,
+    reason::KEYCLOAK_ERROR,
+];
+
 /// Runs one controller per watched namespace and returns when they stop.
 pub async fn run(
     ctx: Arc<Context>,
@@ -79,18 +86,19 @@ pub async fn run(
                 super::mark_ready(&ready);
             }
         });
-        controller.run(reconcile, error_policy, ctx.clone()).for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller event");
-            }
-        })
+        controller
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller event");
+                }
+            })
     });
     futures::future::join_all(controllers).await;
 }
 
 fn error_policy(consumer: Arc<Consumer>, error: &Error, ctx: Arc<Context>) -> Action {
-    // NB: the error policy is synchronous; the backoff bookkeeping needs the async lock.
-    futures::executor::block_on(on_error(consumer, error, ctx, KIND))
+    on_error(consumer, error, ctx, KIND)
 }
 
 async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -110,7 +118,7 @@ async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action,
 
     ctx.metrics.reconciled(KIND, started.elapsed());
     if result.is_ok() {
-        ctx.record_success(&key).await;
+        ctx.record_success(&key);
     }
     result
 }
@@ -168,18 +176,25 @@ async fn apply(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
         None => sync(consumer, ctx, &realm, &client_id).await?,
     };
 
-    let unavailable = matches!(&outcome.client, Err(f) if f.reason == reason::KEYCLOAK_UNAVAILABLE)
-        || matches!(&outcome.credentials, Err(f) if f.reason == reason::KEYCLOAK_UNAVAILABLE);
+    // Failures that a retry can cure go through the error policy, which backs off with jitter;
+    // a conflict or an invalid spec waits for a change (or the resync).
+    let retry = [
+        &outcome.client.as_ref().err(),
+        &outcome.credentials.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|f| RETRIED.contains(&f.reason))
+    .map(|f| Error::Failed {
+        reason: f.reason,
+        message: f.message.clone(),
+    });
     let grace_ends = outcome.credentials.as_ref().ok().and_then(|c| c.grace_ends);
     write_status(consumer, ctx, &realm, &client_id, outcome).await?;
-
-    if unavailable {
-        // Report through the error policy, which backs off with jitter.
-        return Err(Error::Keycloak(keycloak::Error::Unavailable {
-            operation: "reconcile",
-            message: "Keycloak did not answer".to_owned(),
-        }));
+    if let Some(error) = retry {
+        return Err(error);
     }
+
     let mut requeue = ctx.settings.resync_interval;
     if let Some(until) = grace_ends {
         let wait = (until - Utc::now()).to_std().unwrap_or_default();
@@ -391,7 +406,11 @@ async fn sync_client(
 
 /// The thumbprints of the consumer's certificates to bind, from the certificates' statuses;
 /// `except` leaves out one certificate (the one being deleted).
-fn certificate_binding(consumer: &Consumer, ctx: &Context, except: Option<&str>) -> CertificateBinding {
+fn certificate_binding(
+    consumer: &Consumer,
+    ctx: &Context,
+    except: Option<&str>,
+) -> CertificateBinding {
     let certificates = ctx.stores.certificates();
     let views: Vec<_> = certificates
         .iter()
@@ -411,7 +430,11 @@ fn certificate_binding(consumer: &Consumer, ctx: &Context, except: Option<&str>)
 
 /// Brings the certificate claims of the consumer's client in line, leaving out the certificate
 /// `except` (used by a ConsumerCertificate's finalizer, before it lets go).
-pub async fn bind_certificates(consumer: &Consumer, ctx: &Context, except: Option<&str>) -> Result<(), Error> {
+pub async fn bind_certificates(
+    consumer: &Consumer,
+    ctx: &Context,
+    except: Option<&str>,
+) -> Result<(), Error> {
     let realm = decide_client::realm(&ctx.settings.realm_template, &consumer.spec.tenant_id);
     let client_id = decide_client::client_id(consumer);
     let kc = &ctx.keycloak;

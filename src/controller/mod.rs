@@ -16,13 +16,12 @@ use std::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        reflector::Store,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
+        reflector::Store,
     },
 };
 use rand::Rng;
-use tokio::sync::Mutex;
 
 use crate::{
     api::{Consumer, ConsumerCertificate},
@@ -41,7 +40,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     /// Consecutive failures per object, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: std::sync::Mutex<HashMap<String, u32>>,
     /// The controllers' caches, for decisions that look across objects.
     pub stores: Stores,
 }
@@ -96,6 +95,12 @@ pub enum Error {
     Keycloak(#[from] keycloak::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// Keycloak refused or could not serve the reconcile; the status says the same.
+    #[error("{message}")]
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
     /// The certificate thumbprints could not be bound into the client's tokens.
     #[error("binding certificates: {0}")]
     Binding(String),
@@ -111,6 +116,7 @@ impl Error {
             Self::Keycloak(_) => reason::KEYCLOAK_ERROR,
             Self::Kube(_) => reason::KUBERNETES_ERROR,
             Self::Binding(_) => reason::KEYCLOAK_ERROR,
+            Self::Failed { reason, .. } => reason,
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -133,15 +139,15 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 impl Context {
-    async fn record_failure(&self, key: String) -> Duration {
-        let mut failures = self.failures.lock().await;
+    fn record_failure(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().expect("not poisoned");
         let count = failures.entry(key).or_insert(0);
         *count += 1;
         backoff(*count - 1)
     }
 
-    async fn record_success(&self, key: &str) {
-        self.failures.lock().await.remove(key);
+    fn record_success(&self, key: &str) {
+        self.failures.lock().expect("not poisoned").remove(key);
     }
 
     /// Publishes an event on `object`. A failure to publish is logged, never fatal.
@@ -171,14 +177,14 @@ fn object_key<K: Resource>(object: &K) -> String {
 }
 
 /// The error policy shared by the controllers: count, log, back off with jitter.
-pub async fn on_error<K: Resource>(
+pub fn on_error<K: Resource>(
     object: Arc<K>,
     error: &Error,
     ctx: Arc<Context>,
     kind: &'static str,
 ) -> Action {
     ctx.metrics.failed(kind, error.metric_label());
-    let delay = ctx.record_failure(object_key(object.as_ref())).await;
+    let delay = ctx.record_failure(object_key(object.as_ref()));
     tracing::warn!(
         kind,
         object = %object_key(object.as_ref()),
@@ -228,7 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         keycloak,
         metrics: metrics.clone(),
         settings,
-        failures: Mutex::default(),
+        failures: std::sync::Mutex::default(),
         stores: Stores::default(),
     });
 
@@ -262,7 +268,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         realm_template = %args.realm_template,
         "starting controllers"
     );
-    let recoveries = ctx.keycloak.recoveries(&args.keycloak_url, &args.keycloak_admin_realm);
+    let recoveries = ctx
+        .keycloak
+        .recoveries(&args.keycloak_url, &args.keycloak_admin_realm);
+    tokio::spawn(forget_failures_on_recovery(ctx.clone(), recoveries.clone()));
     let consumers = consumer::run(
         ctx.clone(),
         namespaced(&client, &namespaces),
@@ -302,13 +311,27 @@ where
     if namespaces.is_empty() {
         return vec![Api::all(client.clone())];
     }
-    namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+    namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), ns))
+        .collect()
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "consumer-operator".to_owned())
+}
+
+/// Once Keycloak answers again, the backoff of the outage is forgotten: objects that now fail
+/// for another reason (a realm still missing) retry from one second, not from minutes.
+async fn forget_failures_on_recovery(
+    ctx: Arc<Context>,
+    mut recoveries: tokio::sync::watch::Receiver<u64>,
+) {
+    while recoveries.changed().await.is_ok() {
+        ctx.failures.lock().expect("not poisoned").clear();
+    }
 }
 
 /// A stream that yields once per Keycloak recovery, for `Controller::reconcile_all_on`.

@@ -413,7 +413,11 @@ async fn watch_recovery(health: Arc<Health>, probe: String, http: reqwest::Clien
             health.went_down.notified().await;
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        let answered = http.get(&probe).send().await.is_ok_and(|r| r.status().is_success());
+        let answered = http
+            .get(&probe)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
         if answered && health.unavailable.swap(false, Ordering::SeqCst) {
             tracing::info!("Keycloak answers again; retrying every object");
             if let Some(sender) = health.recoveries.get() {
