@@ -4,6 +4,8 @@
 //! operator keeps true (thumbprints, validity, rotation and what is accepted right now).
 //!
 //! Timestamps in the status are `DateTime<Utc>` fields, written as RFC 3339 strings.
+// NB: kube-derive takes one `printcolumn(...)` per column; clippy reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

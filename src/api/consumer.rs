@@ -1,6 +1,8 @@
 //! The `Consumer` custom resource: an application that calls the platform's APIs, with the
 //! validation the API server enforces (OpenAPI patterns and CEL rules) and the same rules as plain
 //! functions for callers that validate before anything reaches the API server (the importer).
+// NB: kube-derive takes one `printcolumn(...)` per column; clippy reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 
