@@ -38,6 +38,10 @@ fn crd(args: CrdArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(dir) => {
+            if let Err(error) = std::fs::create_dir_all(&dir) {
+                eprintln!("cannot create {}: {error}", dir.display());
+                return ExitCode::FAILURE;
+            }
             for (file, yaml) in documents {
                 if let Err(error) = std::fs::write(dir.join(&file), yaml) {
                     eprintln!("cannot write {}: {error}", dir.join(&file).display());

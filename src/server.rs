@@ -66,6 +66,11 @@ async fn answer(
         ),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
         "/readyz" if ready.load(Ordering::SeqCst) => ("200 OK", "text/plain", "ok\n".to_owned()),
+        "/readyz" if crate::lease::standing_by() => (
+            "200 OK",
+            "text/plain",
+            "standing by for leadership\n".to_owned(),
+        ),
         "/readyz" => (
             "503 Service Unavailable",
             "text/plain",
@@ -74,7 +79,8 @@ async fn answer(
         _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

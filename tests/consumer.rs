@@ -35,7 +35,13 @@ impl World {
         let keycloak = Keycloak::from_stack();
         keycloak.create_realm(&tenant).await;
         let operator = Operator::start(&[&namespace], &[]);
-        Self { client, namespace, tenant, keycloak, operator }
+        Self {
+            client,
+            namespace,
+            tenant,
+            keycloak,
+            operator,
+        }
     }
 
     fn consumers(&self) -> Api<Consumer> {
@@ -53,7 +59,9 @@ impl World {
             "name": format!("Partner {name}"),
             "email": format!("ops@{name}.example"),
         });
-        full.as_object_mut().unwrap().extend(spec.as_object().cloned().unwrap_or_default());
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().cloned().unwrap_or_default());
         json!({
             "apiVersion": "gostoa.dev/v1alpha1",
             "kind": "Consumer",
@@ -64,7 +72,9 @@ impl World {
 
     async fn apply(&self, name: &str, spec: Value) -> Result<Consumer, kube::Error> {
         let params = PatchParams::apply("tests").force();
-        self.consumers().patch(name, &params, &Patch::Apply(self.manifest(name, spec))).await
+        self.consumers()
+            .patch(name, &params, &Patch::Apply(self.manifest(name, spec)))
+            .await
     }
 
     /// Waits until the Consumer's Ready condition has `status` for its latest generation.
@@ -84,25 +94,54 @@ impl World {
     }
 
     async fn credentials(&self, name: &str) -> Credentials {
-        let secret = self.secrets().get(&format!("{name}-credentials")).await.unwrap();
+        let secret = self
+            .secrets()
+            .get(&format!("{name}-credentials"))
+            .await
+            .unwrap();
         Credentials::from(secret)
     }
 
     async fn token(&self, credentials: &Credentials, client_secret: &str) -> Result<Value, u16> {
-        self.keycloak.token(&credentials.token_url, &credentials.client_id, client_secret).await
+        self.keycloak
+            .token(
+                &credentials.token_url,
+                &credentials.client_id,
+                client_secret,
+            )
+            .await
     }
 
     /// No client secret ever written into a Secret of this test appears in the operator's log
     /// or in the namespace's events.
     async fn assert_no_secret_leaked(&self, secrets: &[String]) {
         let logs = self.operator.logs();
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        let events = serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
-        let statuses = serde_json::to_string(&self.consumers().list(&Default::default()).await.unwrap().items).unwrap();
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let events =
+            serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+        let statuses = serde_json::to_string(
+            &self
+                .consumers()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items,
+        )
+        .unwrap();
         for secret in secrets.iter().filter(|s| !s.is_empty()) {
-            assert!(!logs.contains(secret.as_str()), "a client secret is in the operator's log");
-            assert!(!events.contains(secret.as_str()), "a client secret is in an event");
-            assert!(!statuses.contains(secret.as_str()), "a client secret is in a Consumer");
+            assert!(
+                !logs.contains(secret.as_str()),
+                "a client secret is in the operator's log"
+            );
+            assert!(
+                !events.contains(secret.as_str()),
+                "a client secret is in an event"
+            );
+            assert!(
+                !statuses.contains(secret.as_str()),
+                "a client secret is in a Consumer"
+            );
         }
     }
 }
@@ -115,7 +154,13 @@ fn ready_status(consumer: &Consumer) -> Option<String> {
 
 fn ready_reason(consumer: &Consumer) -> String {
     let status = consumer.status.as_ref().unwrap();
-    status.conditions.iter().find(|c| c.type_ == "Ready").unwrap().reason.clone()
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .reason
+        .clone()
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +174,10 @@ struct Credentials {
 impl From<Secret> for Credentials {
     fn from(secret: Secret) -> Self {
         let data = secret.data.unwrap_or_default();
-        let text = |key: &str| data.get(key).map(|v| String::from_utf8(v.0.clone()).unwrap());
+        let text = |key: &str| {
+            data.get(key)
+                .map(|v| String::from_utf8(v.0.clone()).unwrap())
+        };
         Self {
             client_id: text("client_id").unwrap(),
             client_secret: text("client_secret").unwrap(),
@@ -148,13 +196,24 @@ async fn a_consumer_becomes_ready_and_its_credentials_get_a_token_with_its_claim
     let consumer = world.wait_ready("partner-a", "True").await;
     let credentials = world.credentials("partner-a").await;
     assert_eq!(credentials.client_id, format!("{}-partner-a", world.tenant));
-    let claims = world.token(&credentials, &credentials.client_secret).await.unwrap();
+    let claims = world
+        .token(&credentials, &credentials.client_secret)
+        .await
+        .unwrap();
     assert_eq!(claims["tenant_id"], world.tenant.as_str());
     assert_eq!(claims["consumer_id"], "partner-a");
     let status = consumer.status.unwrap();
-    assert_eq!(status.keycloak_client_id.as_deref(), Some(credentials.client_id.as_str()));
-    assert_eq!(status.token_url.as_deref(), Some(credentials.token_url.as_str()));
-    world.assert_no_secret_leaked(&[credentials.client_secret]).await;
+    assert_eq!(
+        status.keycloak_client_id.as_deref(),
+        Some(credentials.client_id.as_str())
+    );
+    assert_eq!(
+        status.token_url.as_deref(),
+        Some(credentials.token_url.as_str())
+    );
+    world
+        .assert_no_secret_leaked(&[credentials.client_secret])
+        .await;
 }
 
 #[tokio::test]
@@ -164,17 +223,44 @@ async fn a_suspended_consumer_cannot_get_a_token_until_it_is_active_again() {
     world.wait_ready("partner-s", "True").await;
     let credentials = world.credentials("partner-s").await;
 
-    world.apply("partner-s", json!({"state": "Suspended"})).await.unwrap();
+    world
+        .apply("partner-s", json!({"state": "Suspended"}))
+        .await
+        .unwrap();
     let suspended = world.wait_ready("partner-s", "True").await;
 
-    assert!(world.token(&credentials, &credentials.client_secret).await.is_err());
-    assert_eq!(suspended.status.unwrap().phase.map(|p| format!("{p:?}")).as_deref(), Some("Suspended"));
+    assert!(
+        world
+            .token(&credentials, &credentials.client_secret)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        suspended
+            .status
+            .unwrap()
+            .phase
+            .map(|p| format!("{p:?}"))
+            .as_deref(),
+        Some("Suspended")
+    );
 
-    world.apply("partner-s", json!({"state": "Active"})).await.unwrap();
+    world
+        .apply("partner-s", json!({"state": "Active"}))
+        .await
+        .unwrap();
     world.wait_ready("partner-s", "True").await;
 
-    assert!(world.token(&credentials, &credentials.client_secret).await.is_ok());
-    assert_eq!(world.credentials("partner-s").await.client_secret, credentials.client_secret);
+    assert!(
+        world
+            .token(&credentials, &credentials.client_secret)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        world.credentials("partner-s").await.client_secret,
+        credentials.client_secret
+    );
 }
 
 #[tokio::test]
@@ -184,49 +270,111 @@ async fn a_blocked_consumer_cannot_get_a_token_and_cannot_be_made_active_again()
     world.wait_ready("partner-b", "True").await;
     let credentials = world.credentials("partner-b").await;
 
-    world.apply("partner-b", json!({"state": "Blocked"})).await.unwrap();
+    world
+        .apply("partner-b", json!({"state": "Blocked"}))
+        .await
+        .unwrap();
     world.wait_ready("partner-b", "True").await;
 
-    assert!(world.token(&credentials, &credentials.client_secret).await.is_err());
-    let refused = world.apply("partner-b", json!({"state": "Active"})).await.unwrap_err();
-    assert!(refused.to_string().contains("Blocked is final"), "{refused}");
+    assert!(
+        world
+            .token(&credentials, &credentials.client_secret)
+            .await
+            .is_err()
+    );
+    let refused = world
+        .apply("partner-b", json!({"state": "Active"}))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("Blocked is final"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
 async fn raising_the_revision_rotates_and_the_previous_secret_works_until_the_grace_ends() {
     let world = World::new().await;
-    world.apply("partner-r", json!({"credentials": {"rotationGracePeriod": "8s"}})).await.unwrap();
+    world
+        .apply(
+            "partner-r",
+            json!({"credentials": {"rotationGracePeriod": "8s"}}),
+        )
+        .await
+        .unwrap();
     world.wait_ready("partner-r", "True").await;
     let before = world.credentials("partner-r").await;
 
-    world.apply("partner-r", json!({"credentials": {"rotationGracePeriod": "8s", "revision": 1}})).await.unwrap();
+    world
+        .apply(
+            "partner-r",
+            json!({"credentials": {"rotationGracePeriod": "8s", "revision": 1}}),
+        )
+        .await
+        .unwrap();
     world.wait_ready("partner-r", "True").await;
     let after = world.credentials("partner-r").await;
 
     assert_ne!(after.client_secret, before.client_secret);
-    assert_eq!(after.previous_client_secret.as_deref(), Some(before.client_secret.as_str()));
-    assert!(world.token(&after, &after.client_secret).await.is_ok(), "the new secret works at once");
-    assert!(world.token(&after, &before.client_secret).await.is_ok(), "the previous one still works");
+    assert_eq!(
+        after.previous_client_secret.as_deref(),
+        Some(before.client_secret.as_str())
+    );
+    assert!(
+        world.token(&after, &after.client_secret).await.is_ok(),
+        "the new secret works at once"
+    );
+    assert!(
+        world.token(&after, &before.client_secret).await.is_ok(),
+        "the previous one still works"
+    );
 
-    eventually("the previous secret to stop working", Duration::from_secs(30), || async {
-        world.token(&after, &before.client_secret).await.is_err().then_some(())
-    })
+    eventually(
+        "the previous secret to stop working",
+        Duration::from_secs(30),
+        || async {
+            world
+                .token(&after, &before.client_secret)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
     .await;
     assert!(world.token(&after, &after.client_secret).await.is_ok());
-    let settled = eventually("previous_client_secret to leave the Secret", Duration::from_secs(10), || async {
-        let credentials = world.credentials("partner-r").await;
-        credentials.previous_client_secret.is_none().then_some(credentials)
-    })
+    let settled = eventually(
+        "previous_client_secret to leave the Secret",
+        Duration::from_secs(10),
+        || async {
+            let credentials = world.credentials("partner-r").await;
+            credentials
+                .previous_client_secret
+                .is_none()
+                .then_some(credentials)
+        },
+    )
     .await;
     assert_eq!(settled.client_secret, after.client_secret);
-    world.assert_no_secret_leaked(&[before.client_secret, after.client_secret]).await;
+    world
+        .assert_no_secret_leaked(&[before.client_secret, after.client_secret])
+        .await;
 }
 
 fn keycloak_writes(metrics: &str) -> u64 {
     metrics
         .lines()
         .filter(|l| l.starts_with("consumer_operator_keycloak_requests_total"))
-        .filter(|l| !["find_client", "get_client_secret", "get_rotated_secret", "admin_login", "get_client_"].iter().any(|op| l.contains(&format!("operation=\"{op}"))))
+        .filter(|l| {
+            ![
+                "find_client",
+                "get_client_secret",
+                "get_rotated_secret",
+                "admin_login",
+                "get_client_",
+            ]
+            .iter()
+            .any(|op| l.contains(&format!("operation=\"{op}")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -250,7 +398,10 @@ async fn updates_reach_keycloak_and_an_unchanged_consumer_makes_no_keycloak_writ
     let client = &world.keycloak.clients(&world.tenant, &client_id).await[0];
     assert_eq!(client["name"], "Partner U renamed");
     assert_eq!(client["description"], "moved to the gold plan");
-    assert_eq!(client["attributes"]["gostoa.dev/email"], "new@partner-u.example");
+    assert_eq!(
+        client["attributes"]["gostoa.dev/email"],
+        "new@partner-u.example"
+    );
     assert_eq!(client["attributes"]["gostoa.dev/metadata.tier"], "gold");
 
     let writes_before = keycloak_writes(&world.operator.metrics().await);
@@ -258,12 +409,18 @@ async fn updates_reach_keycloak_and_an_unchanged_consumer_makes_no_keycloak_writ
     world.operator.restart();
     let metrics_after_restart = eventually("a reconcile after the restart", WAIT, || async {
         let metrics = world.operator.metrics().await;
-        metrics.contains("consumer_operator_reconciles_total{kind=\"Consumer\"}").then_some(metrics)
+        metrics
+            .contains("consumer_operator_reconciles_total{kind=\"Consumer\"}")
+            .then_some(metrics)
     })
     .await;
 
     assert!(writes_before > 0, "the update itself was a write");
-    assert_eq!(keycloak_writes(&metrics_after_restart), 0, "no Keycloak write after the restart:\n{metrics_after_restart}");
+    assert_eq!(
+        keycloak_writes(&metrics_after_restart),
+        0,
+        "no Keycloak write after the restart:\n{metrics_after_restart}"
+    );
 }
 
 #[tokio::test]
@@ -278,16 +435,41 @@ async fn the_same_consumer_in_a_second_namespace_is_a_conflict_that_changes_noth
     let second: Api<Consumer> = Api::namespaced(world.client.clone(), &second_namespace);
 
     let params = PatchParams::apply("tests").force();
-    second.patch("partner-c", &params, &Patch::Apply(world.manifest("partner-c", json!({"name": "Impostor"})))).await.unwrap();
+    second
+        .patch(
+            "partner-c",
+            &params,
+            &Patch::Apply(world.manifest("partner-c", json!({"name": "Impostor"}))),
+        )
+        .await
+        .unwrap();
 
-    let conflicted = await_condition(second.clone(), "partner-c", |c: Option<&Consumer>| c.is_some_and(|c| ready_status(c).as_deref() == Some("False")));
-    let conflicted = tokio::time::timeout(WAIT, conflicted).await.unwrap().unwrap().unwrap();
+    let conflicted = await_condition(second.clone(), "partner-c", |c: Option<&Consumer>| {
+        c.is_some_and(|c| ready_status(c).as_deref() == Some("False"))
+    });
+    let conflicted = tokio::time::timeout(WAIT, conflicted)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ready_reason(&conflicted), "Conflict");
-    let client = &world.keycloak.clients(&world.tenant, &first.client_id).await[0];
+    let client = &world
+        .keycloak
+        .clients(&world.tenant, &first.client_id)
+        .await[0];
     assert_eq!(client["name"], "Partner partner-c");
     let secrets: Api<Secret> = Api::namespaced(world.client.clone(), &second_namespace);
-    assert!(secrets.get_opt("partner-c-credentials").await.unwrap().is_none());
-    assert_eq!(world.credentials("partner-c").await.client_secret, first.client_secret);
+    assert!(
+        secrets
+            .get_opt("partner-c-credentials")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        world.credentials("partner-c").await.client_secret,
+        first.client_secret
+    );
     assert!(world.token(&first, &first.client_secret).await.is_ok());
 }
 
@@ -297,17 +479,40 @@ async fn a_client_deleted_in_keycloak_is_created_again_and_its_new_credentials_w
     world.apply("partner-d", json!({})).await.unwrap();
     world.wait_ready("partner-d", "True").await;
     let before = world.credentials("partner-d").await;
-    let uuid = world.keycloak.clients(&world.tenant, &before.client_id).await[0]["id"].as_str().unwrap().to_owned();
+    let uuid = world
+        .keycloak
+        .clients(&world.tenant, &before.client_id)
+        .await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    world.keycloak.admin(reqwest::Method::DELETE, &format!("/{}/clients/{uuid}", world.tenant), None).await;
-    world.apply("partner-d", json!({"description": "poke"})).await.unwrap();
+    world
+        .keycloak
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/{}/clients/{uuid}", world.tenant),
+            None,
+        )
+        .await;
+    world
+        .apply("partner-d", json!({"description": "poke"}))
+        .await
+        .unwrap();
 
     let after = eventually("the client and a new secret", WAIT, || async {
         let credentials = world.credentials("partner-d").await;
         (credentials.client_secret != before.client_secret).then_some(credentials)
     })
     .await;
-    assert_eq!(world.keycloak.clients(&world.tenant, &before.client_id).await.len(), 1);
+    assert_eq!(
+        world
+            .keycloak
+            .clients(&world.tenant, &before.client_id)
+            .await
+            .len(),
+        1
+    );
     assert!(world.token(&after, &after.client_secret).await.is_ok());
 }
 
@@ -318,52 +523,132 @@ async fn a_deleted_or_edited_secret_is_restored_from_keycloak_without_rotating()
     world.wait_ready("partner-e", "True").await;
     let original = world.credentials("partner-e").await;
 
-    world.secrets().delete("partner-e-credentials", &DeleteParams::default()).await.unwrap();
+    world
+        .secrets()
+        .delete("partner-e-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
     let restored = eventually("the Secret to be restored", WAIT, || async {
-        world.secrets().get_opt("partner-e-credentials").await.unwrap().map(Credentials::from)
+        world
+            .secrets()
+            .get_opt("partner-e-credentials")
+            .await
+            .unwrap()
+            .map(Credentials::from)
     })
     .await;
     assert_eq!(restored.client_secret, original.client_secret);
 
     let edit = json!({"data": {"client_secret": ByteString(b"tampered".to_vec())}});
-    world.secrets().patch("partner-e-credentials", &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
+    world
+        .secrets()
+        .patch(
+            "partner-e-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(edit),
+        )
+        .await
+        .unwrap();
     let repaired = eventually("the edited Secret to be repaired", WAIT, || async {
         let credentials = world.credentials("partner-e").await;
         (credentials.client_secret == original.client_secret).then_some(credentials)
     })
     .await;
-    assert!(world.token(&repaired, &repaired.client_secret).await.is_ok());
+    assert!(
+        world
+            .token(&repaired, &repaired.client_secret)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
-async fn deleting_a_consumer_removes_its_client_and_secret_unless_the_orphan_policy_keeps_the_client() {
+async fn deleting_a_consumer_removes_its_client_and_secret_unless_the_orphan_policy_keeps_the_client()
+ {
     let world = World::new().await;
     world.apply("partner-x", json!({})).await.unwrap();
     world.apply("partner-o", json!({})).await.unwrap();
     world.wait_ready("partner-x", "True").await;
     world.wait_ready("partner-o", "True").await;
-    let orphan_policy = json!({"metadata": {"annotations": {"gostoa.dev/deletion-policy": "Orphan"}}});
-    world.consumers().patch("partner-o", &PatchParams::default(), &Patch::Merge(orphan_policy)).await.unwrap();
+    let orphan_policy =
+        json!({"metadata": {"annotations": {"gostoa.dev/deletion-policy": "Orphan"}}});
+    world
+        .consumers()
+        .patch(
+            "partner-o",
+            &PatchParams::default(),
+            &Patch::Merge(orphan_policy),
+        )
+        .await
+        .unwrap();
 
-    world.consumers().delete("partner-x", &DeleteParams::default()).await.unwrap();
-    world.consumers().delete("partner-o", &DeleteParams::default()).await.unwrap();
+    world
+        .consumers()
+        .delete("partner-x", &DeleteParams::default())
+        .await
+        .unwrap();
+    world
+        .consumers()
+        .delete("partner-o", &DeleteParams::default())
+        .await
+        .unwrap();
 
     for name in ["partner-x", "partner-o"] {
-        eventually("the Consumer to be gone", WAIT, || async { world.consumers().get_opt(name).await.unwrap().is_none().then_some(()) }).await;
-        assert!(world.secrets().get_opt(&format!("{name}-credentials")).await.unwrap().is_none());
+        eventually("the Consumer to be gone", WAIT, || async {
+            world
+                .consumers()
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        assert!(
+            world
+                .secrets()
+                .get_opt(&format!("{name}-credentials"))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
-    assert!(world.keycloak.clients(&world.tenant, &format!("{}-partner-x", world.tenant)).await.is_empty());
-    assert_eq!(world.keycloak.clients(&world.tenant, &format!("{}-partner-o", world.tenant)).await.len(), 1);
+    assert!(
+        world
+            .keycloak
+            .clients(&world.tenant, &format!("{}-partner-x", world.tenant))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        world
+            .keycloak
+            .clients(&world.tenant, &format!("{}-partner-o", world.tenant))
+            .await
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn invalid_manifests_are_rejected_by_the_api_server_with_the_field_named() {
     let world = World::new().await;
-    world.apply("partner-v", json!({"credentials": {"revision": 2}})).await.unwrap();
+    world
+        .apply("partner-v", json!({"credentials": {"revision": 2}}))
+        .await
+        .unwrap();
     let cases = [
-        ("bad externalId", json!({"externalId": "Not_Valid"}), "spec.externalId"),
+        (
+            "bad externalId",
+            json!({"externalId": "Not_Valid"}),
+            "spec.externalId",
+        ),
         ("bad email", json!({"email": "not-an-email"}), "spec.email"),
-        ("lower revision", json!({"credentials": {"revision": 1}}), "credentials.revision can never go down"),
+        (
+            "lower revision",
+            json!({"credentials": {"revision": 1}}),
+            "credentials.revision can never go down",
+        ),
     ];
 
     for (what, spec, expected) in cases {
@@ -374,6 +659,13 @@ async fn invalid_manifests_are_rejected_by_the_api_server_with_the_field_named()
     let mut missing_name = world.manifest("partner-w", json!({}));
     missing_name["spec"].as_object_mut().unwrap().remove("name");
     let params = PatchParams::apply("tests").force();
-    let error = world.consumers().patch("partner-w", &params, &Patch::Apply(missing_name)).await.unwrap_err();
-    assert!(error.to_string().contains("spec.name"), "missing name: {error}");
+    let error = world
+        .consumers()
+        .patch("partner-w", &params, &Patch::Apply(missing_name))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("spec.name"),
+        "missing name: {error}"
+    );
 }

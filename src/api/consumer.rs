@@ -55,7 +55,8 @@ pub const METADATA_MAX_ENTRIES: usize = 64;
     )
 )]
 #[x_kube(validation = Rule::new(
-    "!has(oldSelf.state) || oldSelf.state != 'Blocked' || (has(self.state) && self.state == 'Blocked')"
+    "!has(oldSelf.state) || oldSelf.state != 'Blocked' \
+     || (has(self.state) && self.state == 'Blocked')"
 ).message("state: Blocked is final; a blocked consumer cannot change state").field_path(".state"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerSpec {

@@ -323,7 +323,8 @@ async fn sync_client(
             )
             .await;
         }
-        tracing::info!(consumer = %super::object_key(consumer), %realm, %client_id, "client created");
+        let consumer_key = super::object_key(consumer);
+        tracing::info!(consumer = %consumer_key, %realm, %client_id, "client created");
         return Ok(ClientSync { uuid });
     };
 
@@ -347,7 +348,8 @@ async fn sync_client(
         }
         Ownership::Unowned => {
             let message = format!(
-                "Keycloak client {client_id} in realm {realm} exists without an owner; annotate the Consumer with {}: \"true\" to adopt it",
+                "Keycloak client {client_id} in realm {realm} exists without an owner; \
+                 annotate the Consumer with {}: \"true\" to adopt it",
                 names::ADOPT_ANNOTATION
             );
             ctx.event(
@@ -390,7 +392,10 @@ async fn sync_client(
     let spec_seen = consumer.status.as_ref().and_then(|s| s.observed_generation)
         == consumer.metadata.generation;
     if spec_seen {
-        ctx.event(consumer, EventType::Warning, event::DRIFT_CORRECTED, format!("Keycloak client {client_id} had been changed outside the operator and was corrected")).await;
+        let note =
+            format!("Keycloak client {client_id} was changed outside the operator; corrected");
+        ctx.event(consumer, EventType::Warning, event::DRIFT_CORRECTED, note)
+            .await;
     } else {
         ctx.event(
             consumer,
@@ -581,7 +586,8 @@ async fn sync_credentials(
             if let Err(e) = kc.invalidate_rotated_secret(realm, uuid).await {
                 return Ok(Err(Failure::from_keycloak(&e)));
             }
-            tracing::info!(consumer = %super::object_key(consumer), %client_id, "previous client secret invalidated");
+            let consumer_key = super::object_key(consumer);
+            tracing::info!(consumer = %consumer_key, %client_id, "previous secret invalidated");
             (inputs(&current, None, last.rotated_at, None), false)
         }
         Step::Keep => {
@@ -603,8 +609,21 @@ async fn sync_credentials(
 
     write_secret(consumer, ctx, secret, &desired).await?;
     if rotated_now {
-        ctx.event(consumer, EventType::Normal, event::CREDENTIALS_ROTATED, format!("Rotated the client secret of {client_id} to revision {spec_revision}; the previous one works for {}", consumer.spec.credentials.rotation_grace_period)).await;
-        tracing::info!(consumer = %super::object_key(consumer), %client_id, revision = spec_revision, "credentials rotated");
+        let grace = &consumer.spec.credentials.rotation_grace_period;
+        let note = format!(
+            "Rotated the client secret of {client_id} to revision {spec_revision}; \
+             the previous one works for {grace}"
+        );
+        ctx.event(
+            consumer,
+            EventType::Normal,
+            event::CREDENTIALS_ROTATED,
+            note,
+        )
+        .await;
+        let consumer_key = super::object_key(consumer);
+        let revision = spec_revision;
+        tracing::info!(consumer = %consumer_key, %client_id, revision, "credentials rotated");
     }
 
     let annotation_time = |key: &str| desired.annotations.get(key).cloned();
@@ -732,7 +751,7 @@ async fn write_secret(
         )
         .await;
     }
-    tracing::info!(consumer = %super::object_key(consumer), secret = %name, "credentials secret written");
+    tracing::info!(consumer = %super::object_key(consumer), secret = %name, "secret written");
     Ok(())
 }
 
@@ -901,7 +920,8 @@ async fn cleanup(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
                     format!("Deleted Keycloak client {client_id}"),
                 )
                 .await;
-                tracing::info!(consumer = %super::object_key(consumer), %client_id, "client deleted");
+                let consumer_key = super::object_key(consumer);
+                tracing::info!(consumer = %consumer_key, %client_id, "client deleted");
             }
             Ok(false) => {}
             // A missing realm holds no client.

@@ -399,3 +399,134 @@ pub fn tempdir(prefix: &str) -> PathBuf {
 pub fn read_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// The stack's kubeconfig with the user impersonating `user` (kubeconfig field `as`), written
+/// into a temporary file. The stack's admin may impersonate anyone.
+pub fn impersonating_kubeconfig(user: &str) -> PathBuf {
+    let text = std::fs::read_to_string(env("KUBECONFIG")).expect("kubeconfig of the stack");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let users = config["users"].as_sequence_mut().expect("kubeconfig users");
+    for entry in users {
+        entry["user"]["as"] = serde_yaml::Value::from(user);
+    }
+    let path = tempdir("kubeconfig").join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+impl Operator {
+    /// Like [`Operator::start`], but the operator reaches the API server with `kubeconfig` (e.g.
+    /// one from [`impersonating_kubeconfig`]). NB: [`Operator::restart`] would go back to the
+    /// stack's admin kubeconfig; start a new one instead.
+    pub fn start_with_kubeconfig(kubeconfig: &Path, namespaces: &[&str], extra: &[&str]) -> Self {
+        let dir = tempdir("operator");
+        std::fs::write(dir.join("username"), env("KEYCLOAK_ADMIN_USER")).unwrap();
+        std::fs::write(dir.join("password"), env("KEYCLOAK_ADMIN_PASSWORD")).unwrap();
+        let metrics_port = free_port();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--keycloak-url".into(),
+            env("KEYCLOAK_URL"),
+            "--keycloak-admin-credentials-dir".into(),
+            dir.display().to_string(),
+            "--watch-namespace".into(),
+            namespaces.join(","),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--health-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.join("operator.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_consumer-operator"))
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,consumer_operator=debug")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start the operator");
+        Self {
+            child: Some(child),
+            log,
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            args,
+        }
+    }
+
+    /// SIGKILL, as when a node dies: the operator releases nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process has exited (by itself or because it was stopped or killed).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+}
+
+/// Waits until the Consumer's Ready condition is `True` for its latest generation.
+pub async fn wait_consumer_ready(
+    api: &Api<consumer_operator::api::Consumer>,
+    name: &str,
+    timeout: Duration,
+) -> consumer_operator::api::Consumer {
+    let ready = await_condition(
+        api.clone(),
+        name,
+        |c: Option<&consumer_operator::api::Consumer>| {
+            c.is_some_and(|c| {
+                let Some(status) = c.status.as_ref() else {
+                    return false;
+                };
+                status.conditions.iter().any(|condition| {
+                    condition.type_ == consumer_operator::names::condition::READY
+                        && condition.status == "True"
+                        && condition.observed_generation == c.metadata.generation
+                })
+            })
+        },
+    );
+    match tokio::time::timeout(timeout, ready).await {
+        Ok(result) => result
+            .expect("watch the Consumer")
+            .expect("the Consumer exists"),
+        Err(_) => panic!(
+            "Consumer {name} was not Ready within {timeout:?}: {:?}",
+            api.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.status)
+        ),
+    }
+}
+
+impl Operator {
+    /// `http://<--health-addr>`, the base URL of `/healthz` and `/readyz`.
+    pub fn health_url(&self) -> String {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == "--health-addr")
+            .expect("--health-addr");
+        format!("http://{}", self.args[at + 1])
+    }
+}
+
+/// The HTTP status of a GET, once the address answers.
+pub async fn http_status(url: &str) -> u16 {
+    eventually(
+        &format!("an answer from {url}"),
+        Duration::from_secs(30),
+        || async { Some(reqwest::get(url).await.ok()?.status().as_u16()) },
+    )
+    .await
+}
