@@ -1135,73 +1135,74 @@ async fn an_operator_restarted_during_a_grace_period_still_ends_it_on_time() {
     .await;
 }
 
-/// Reads a multi-document YAML file of `examples/`.
-fn example(file: &str) -> Vec<Value> {
+/// The documents of a multi-document YAML file of `examples/`, moved into `namespace`.
+fn example(file: &str, namespace: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(common::repo_root().join("examples").join(file)).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|document| Value::deserialize(document).unwrap())
         .filter(|document| !document.is_null())
+        .map(|mut document| {
+            document["metadata"]["namespace"] = json!(namespace);
+            document
+        })
         .collect()
 }
 
 #[tokio::test]
-async fn the_examples_apply_and_bind_their_certificates() {
+async fn the_certificate_examples_apply_and_bind_their_certificates() {
     let world = World::new().await;
+    let documents: Vec<Value> = ["certificate-inline.yaml", "certificate-secret.yaml"]
+        .into_iter()
+        .flat_map(|file| example(file, &world.namespace))
+        .collect();
+    let certificates: Vec<(String, String)> = documents
+        .iter()
+        .filter(|d| d["kind"] == "ConsumerCertificate")
+        .map(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap();
+            let consumer = d["spec"]["consumerRef"]["name"].as_str().unwrap();
+            (name.to_owned(), consumer.to_owned())
+        })
+        .collect();
+    // The examples' Consumers come from 10-consumers.yaml; here they belong to the test's tenant.
+    let mut credentials = std::collections::BTreeMap::new();
+    for (_, consumer) in &certificates {
+        credentials.insert(consumer.clone(), world.consumer(consumer).await);
+    }
     let params = PatchParams::apply("tests").force();
-    let mut certificates = Vec::new();
 
-    for file in ["certificate-inline.yaml", "certificate-secret.yaml"] {
-        for mut document in example(file) {
-            let name = document["metadata"]["name"].as_str().unwrap().to_owned();
-            match document["kind"].as_str().unwrap() {
-                "Consumer" => {
-                    document["spec"]["tenantId"] = json!(world.tenant);
-                    world
-                        .consumers()
-                        .patch(&name, &params, &Patch::Apply(document))
-                        .await
-                        .map(drop)
-                }
-                "ConsumerCertificate" => {
-                    certificates.push((
-                        name.clone(),
-                        document["spec"]["consumerRef"]["name"]
-                            .as_str()
-                            .unwrap()
-                            .to_owned(),
-                    ));
-                    world
-                        .certificates()
-                        .patch(&name, &params, &Patch::Apply(document))
-                        .await
-                        .map(drop)
-                }
-                "Secret" => world
-                    .secrets()
-                    .patch(&name, &params, &Patch::Apply(document))
-                    .await
-                    .map(drop),
-                other => panic!("{file}: unexpected kind {other}"),
-            }
-            .unwrap_or_else(|e| panic!("{file}: {name}: {e}"));
-        }
+    for document in documents {
+        let name = document["metadata"]["name"].as_str().unwrap().to_owned();
+        let applied = match document["kind"].as_str().unwrap() {
+            "ConsumerCertificate" => world
+                .certificates()
+                .patch(&name, &params, &Patch::Apply(document))
+                .await
+                .map(drop),
+            "Secret" => world
+                .secrets()
+                .patch(&name, &params, &Patch::Apply(document))
+                .await
+                .map(drop),
+            other => panic!("{name}: an example of kind {other} is not expected here"),
+        };
+        applied.unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 
     assert_eq!(certificates.len(), 2, "one ConsumerCertificate per example");
-    for (name, consumer) in certificates {
-        let active = world.wait_ready(&name, "True", "Valid").await;
+    for (name, consumer) in &certificates {
+        let active = world.wait_ready(name, "True", "Valid").await;
         assert_eq!(state(&active), Some(CertificateState::Active));
-        let x5t = current_x5t(&active).unwrap().to_owned();
-        let credentials = world.wait_consumer(&consumer).await;
+        let x5t = current_x5t(&active).unwrap();
         let (claims, _) = world
             .wait_claims(
-                &credentials,
+                &credentials[consumer],
                 "the example's thumbprint in a token",
                 WAIT,
-                |c| cnf(c) == Some(x5t.as_str()),
+                |c| cnf(c) == Some(x5t),
             )
             .await;
-        assert_eq!(accepted_in_token(&claims), [x5t.as_str()]);
+        assert_eq!(accepted_in_token(&claims), [x5t]);
     }
 }
 
