@@ -1,8 +1,12 @@
 //! Leader election on a `coordination.k8s.io` Lease: one replica reconciles, the others wait. The
 //! holder renews every few seconds; a holder that stops renewing loses the Lease after its
-//! duration; a holder that shuts down releases it so that hand-over takes seconds.
+//! duration; a holder that shuts down releases it so that hand-over takes seconds. A replica
+//! waiting for the Lease is a standby, ready to take over.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use crate::api::condition::k8s_time;
 use chrono::Utc;
@@ -18,6 +22,17 @@ use kube::{
 const LEASE_SECONDS: i32 = 15;
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 
+/// Set while this process waits for a Lease another replica holds. One flag per process: a
+/// process takes at most one Lease.
+static STANDING_BY: AtomicBool = AtomicBool::new(false);
+
+/// Whether this replica has seen the Lease held by another and waits to take it over. A standby
+/// counts as ready (`/readyz`): a rolling update waits for its new pods to be ready, and a new
+/// pod stays a standby until an old one hands the Lease over.
+pub fn standing_by() -> bool {
+    STANDING_BY.load(Ordering::SeqCst)
+}
+
 /// Waits until this replica holds the Lease, then keeps renewing it in the background. If the
 /// Lease is lost, the process exits so that it cannot reconcile beside a new leader.
 pub async fn acquire(
@@ -32,8 +47,11 @@ pub async fn acquire(
         if try_take(&api, name, identity).await? {
             break;
         }
+        STANDING_BY.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Leading: ready again only once the controllers' caches are synced.
+    STANDING_BY.store(false, Ordering::SeqCst);
     tracing::info!(lease = %name, %identity, "leading");
 
     let (api, name, identity) = (api.clone(), name.to_owned(), identity.to_owned());
