@@ -283,7 +283,7 @@ async fn apply_rows(
     failed_lines: &HashSet<u64>,
     summary: &mut Summary,
 ) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(args.concurrency * 2);
+    let (sender, receiver) = tokio::sync::mpsc::channel(args.concurrency.clamp(1, 4096) * 2);
     let tenant = args.tenant.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), FileError> {
         for parsed in Rows::open(file, &tenant)? {
