@@ -80,7 +80,11 @@ pub async fn apply(
         params = params.dry_run();
     }
     let after = api
-        .patch(row.object_name(), &params, &Patch::Apply(row.manifest(namespace)))
+        .patch(
+            row.object_name(),
+            &params,
+            &Patch::Apply(row.manifest(namespace)),
+        )
         .await
         .map_err(|error| describe(&error))?;
 
