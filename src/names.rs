@@ -115,4 +115,5 @@ pub mod event {
     pub const CLIENT_DELETED: &str = "ClientDeleted";
     pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     pub const CERTIFICATE_ROTATED: &str = "CertificateRotated";
+    pub const CERTIFICATE_GRACE_ENDED: &str = "CertificateGraceEnded";
 }

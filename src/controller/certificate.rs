@@ -4,14 +4,9 @@
 //! The thumbprints reach Keycloak through the Consumer's reconcile, which this status triggers:
 //! one writer per Keycloak client.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, atomic::AtomicBool},
-    time::Instant,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
@@ -27,7 +22,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, on_error};
+use super::{Context, Error, Readiness, on_error};
 use crate::{
     api::{
         Consumer, ConsumerCertificate,
@@ -46,11 +41,14 @@ pub async fn run(
     ctx: Arc<Context>,
     apis: Vec<Api<ConsumerCertificate>>,
     concurrency: u16,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
 ) {
     let controllers = apis.into_iter().map(|certificates| {
         let (secrets, consumers): (Api<Secret>, Api<Consumer>) = match certificates.namespace() {
-            Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
         let controller = Controller::new(certificates, watcher::Config::default())
@@ -66,32 +64,33 @@ pub async fn run(
                 watcher::Config::default().labels(names::WATCH_SELECTOR),
                 move |secret: Secret| referencing(&by_secret, &secret),
             )
-            .watches(consumers, watcher::Config::default(), move |consumer: Consumer| {
-                certificates_of(&by_consumer, &consumer)
-            });
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                super::mark_ready(&ready);
-            }
-        });
-        controller.run(reconcile, error_policy, ctx.clone()).for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "certificate controller event");
-            }
-        })
+            .watches(
+                consumers,
+                watcher::Config::default(),
+                move |consumer: Consumer| certificates_of(&by_consumer, &consumer),
+            );
+        readiness.track(store);
+        super::drain(controller.run(reconcile, error_policy, ctx.clone()))
     });
     futures::future::join_all(controllers).await;
 }
 
 /// The ConsumerCertificates that read `secret`.
-fn referencing(store: &Store<ConsumerCertificate>, secret: &Secret) -> Vec<ObjectRef<ConsumerCertificate>> {
+fn referencing(
+    store: &Store<ConsumerCertificate>,
+    secret: &Secret,
+) -> Vec<ObjectRef<ConsumerCertificate>> {
     let namespace = secret.namespace();
     store
         .state()
         .into_iter()
         .filter(|c| c.namespace() == namespace)
-        .filter(|c| c.spec.secret_ref.as_ref().is_some_and(|r| r.name == secret.name_any()))
+        .filter(|c| {
+            c.spec
+                .secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == secret.name_any())
+        })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -111,27 +110,35 @@ fn certificates_of(
 }
 
 fn error_policy(certificate: Arc<ConsumerCertificate>, error: &Error, ctx: Arc<Context>) -> Action {
-    futures::executor::block_on(on_error(certificate, error, ctx, KIND))
+    on_error(certificate, error, ctx, KIND)
 }
 
-async fn reconcile(certificate: Arc<ConsumerCertificate>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(
+    certificate: Arc<ConsumerCertificate>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = certificate.namespace().unwrap_or_default();
     let api: Api<ConsumerCertificate> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = super::object_key(certificate.as_ref());
 
-    let result = finalizer(&api, names::CERTIFICATE_FINALIZER, certificate, |event| async {
-        match event {
-            Finalizer::Apply(certificate) => apply(&certificate, &ctx).await,
-            Finalizer::Cleanup(certificate) => cleanup(&certificate, &ctx).await,
-        }
-    })
+    let result = finalizer(
+        &api,
+        names::CERTIFICATE_FINALIZER,
+        certificate,
+        |event| async {
+            match event {
+                Finalizer::Apply(certificate) => apply(&certificate, &ctx).await,
+                Finalizer::Cleanup(certificate) => cleanup(&certificate, &ctx).await,
+            }
+        },
+    )
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
 
     ctx.metrics.reconciled(KIND, started.elapsed());
     if result.is_ok() {
-        ctx.record_success(&key).await;
+        ctx.record_success(&key);
     }
     result
 }
@@ -139,7 +146,9 @@ async fn reconcile(certificate: Arc<ConsumerCertificate>, ctx: Arc<Context>) -> 
 async fn apply(certificate: &ConsumerCertificate, ctx: &Context) -> Result<Action, Error> {
     let namespace = certificate.namespace().unwrap_or_default();
     let consumers: Api<Consumer> = Api::namespaced(ctx.client.clone(), &namespace);
-    let consumer = consumers.get_opt(&certificate.spec.consumer_ref.name).await?;
+    let consumer = consumers
+        .get_opt(&certificate.spec.consumer_ref.name)
+        .await?;
 
     let policy = match Policy::from_spec(&certificate.spec, certificate.metadata.generation) {
         Ok(policy) => policy,
@@ -151,13 +160,19 @@ async fn apply(certificate: &ConsumerCertificate, ctx: &Context) -> Result<Actio
     };
     let text = read_source(certificate, ctx).await?;
     let parsed = text.and_then(|pem| x509::parse_pem(&pem).map_err(|e| Rejection::from(&e)));
+    ctx.readiness.wait().await;
     let taken = match &consumer {
         Some(consumer) => taken_by_others(certificate, consumer, ctx),
         None => Default::default(),
     };
     let now = Utc::now();
-    let evaluation =
-        decide::evaluate(&policy, certificate.status.as_ref(), parsed.as_ref(), &taken, now);
+    let evaluation = decide::evaluate(
+        &policy,
+        certificate.status.as_ref(),
+        parsed.as_ref(),
+        &taken,
+        now,
+    );
 
     let mut status = evaluation.status;
     if consumer.is_none() {
@@ -165,19 +180,36 @@ async fn apply(certificate: &ConsumerCertificate, ctx: &Context) -> Result<Actio
             "Consumer {} does not exist in namespace {namespace}; nothing is bound",
             certificate.spec.consumer_ref.name
         );
-        let previous = certificate.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let previous = certificate
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
         let others: Vec<Desired> = status
             .conditions
             .iter()
             .filter(|c| c.type_ != cond::READY)
-            .map(|c| Desired::new(cond::EXPIRING_SOON, c.status == "True", reason_of(&c.reason), c.message.clone()))
+            .map(|c| {
+                Desired::new(
+                    cond::EXPIRING_SOON,
+                    c.status == "True",
+                    reason_of(&c.reason),
+                    c.message.clone(),
+                )
+            })
             .collect();
-        let mut desired = vec![Desired::new(cond::READY, false, reason::CONSUMER_NOT_FOUND, message)];
+        let mut desired = vec![Desired::new(
+            cond::READY,
+            false,
+            reason::CONSUMER_NOT_FOUND,
+            message,
+        )];
         desired.extend(others);
-        status.conditions = condition::merge(&previous, desired, certificate.metadata.generation, now);
+        status.conditions =
+            condition::merge(&previous, desired, certificate.metadata.generation, now);
     }
 
-    record_metrics(certificate, &status, ctx);
+    record_metrics(certificate, certificate.status.as_ref(), &status, ctx);
     if certificate.status.as_ref() != Some(&status) {
         patch_status(certificate, ctx, json!(status)).await?;
     }
@@ -193,25 +225,40 @@ async fn apply(certificate: &ConsumerCertificate, ctx: &Context) -> Result<Actio
 
 /// Reasons come back from the status as strings; the merge wants the constants.
 fn reason_of(text: &str) -> &'static str {
-    [reason::EXPIRING_SOON, reason::VALID, reason::EXPIRED, reason::REVOKED, reason::PENDING]
-        .into_iter()
-        .find(|r| *r == text)
-        .unwrap_or(reason::VALID)
+    [
+        reason::EXPIRING_SOON,
+        reason::VALID,
+        reason::EXPIRED,
+        reason::REVOKED,
+        reason::PENDING,
+    ]
+    .into_iter()
+    .find(|r| *r == text)
+    .unwrap_or(reason::VALID)
 }
 
 /// The PEM text of the certificate, or why there is none. Labels a referenced Secret so that
 /// the label-filtered watch sees its changes (cert-manager renewals).
-async fn read_source(certificate: &ConsumerCertificate, ctx: &Context) -> Result<Result<String, Rejection>, Error> {
+async fn read_source(
+    certificate: &ConsumerCertificate,
+    ctx: &Context,
+) -> Result<Result<String, Rejection>, Error> {
     if let Some(pem) = &certificate.spec.pem {
         return Ok(Ok(pem.clone()));
     }
     let Some(reference) = &certificate.spec.secret_ref else {
-        return Ok(Err(Rejection::new(reason::INVALID_SPEC, "neither pem nor secretRef is set".into())));
+        return Ok(Err(Rejection::new(
+            reason::INVALID_SPEC,
+            "neither pem nor secretRef is set".into(),
+        )));
     };
     let namespace = certificate.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        let message = format!("Secret {} does not exist in namespace {namespace}", reference.name);
+        let message = format!(
+            "Secret {} does not exist in namespace {namespace}",
+            reference.name
+        );
         return Ok(Err(Rejection::new(reason::SECRET_NOT_FOUND, message)));
     };
     if secret.labels().get(names::WATCH_LABEL).map(String::as_str) != Some("true") {
@@ -221,7 +268,9 @@ async fn read_source(certificate: &ConsumerCertificate, ctx: &Context) -> Result
             "metadata": { "name": reference.name, "labels": { names::WATCH_LABEL: "true" } },
         });
         let params = PatchParams::apply(names::FIELD_MANAGER);
-        secrets.patch(&reference.name, &params, &Patch::Apply(label)).await?;
+        secrets
+            .patch(&reference.name, &params, &Patch::Apply(label))
+            .await?;
     }
     let value = secret.data.as_ref().and_then(|d| d.get(&reference.key));
     Ok(match value {
@@ -247,7 +296,10 @@ fn taken_by_others(
             .find(|k| k.namespace() == c.namespace() && k.name_any() == c.spec.consumer_ref.name)
             .map(|k| k.spec.tenant_id.clone())
     };
-    let me_consumer = (certificate.namespace(), certificate.spec.consumer_ref.name.clone());
+    let me_consumer = (
+        certificate.namespace(),
+        certificate.spec.consumer_ref.name.clone(),
+    );
     let others: Vec<(Seniority, Vec<String>)> = ctx
         .stores
         .certificates()
@@ -260,8 +312,13 @@ fn taken_by_others(
             Some((seniority(c), accepted))
         })
         .collect();
-    let claims: Vec<Claim> =
-        others.iter().map(|(s, a)| Claim { seniority: s, accepted_x5t_s256: a }).collect();
+    let claims: Vec<Claim> = others
+        .iter()
+        .map(|(s, a)| Claim {
+            seniority: s,
+            accepted_x5t_s256: a,
+        })
+        .collect();
     decide::claimed_before(&seniority(certificate), &claims)
 }
 
@@ -272,14 +329,26 @@ fn seniority(certificate: &ConsumerCertificate) -> Seniority {
         .as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0))
         .unwrap_or_else(Utc::now);
-    Seniority { created, key: super::object_key(certificate) }
+    Seniority {
+        created,
+        key: super::object_key(certificate),
+    }
 }
 
-async fn write_failure(certificate: &ConsumerCertificate, ctx: &Context, failure: &Rejection) -> Result<(), Error> {
+async fn write_failure(
+    certificate: &ConsumerCertificate,
+    ctx: &Context,
+    failure: &Rejection,
+) -> Result<(), Error> {
     let previous = certificate.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     let ready = Desired::new(cond::READY, false, failure.reason, failure.message.clone());
-    status.conditions = condition::merge(&previous.conditions, vec![ready], certificate.metadata.generation, Utc::now());
+    status.conditions = condition::merge(
+        &previous.conditions,
+        vec![ready],
+        certificate.metadata.generation,
+        Utc::now(),
+    );
     status.observed_generation = certificate.metadata.generation;
     if status != previous {
         patch_status(certificate, ctx, json!(status)).await?;
@@ -287,26 +356,45 @@ async fn write_failure(certificate: &ConsumerCertificate, ctx: &Context, failure
     Ok(())
 }
 
-async fn patch_status(certificate: &ConsumerCertificate, ctx: &Context, status: serde_json::Value) -> Result<(), Error> {
-    let api: Api<ConsumerCertificate> = Api::namespaced(ctx.client.clone(), &certificate.namespace().unwrap_or_default());
+async fn patch_status(
+    certificate: &ConsumerCertificate,
+    ctx: &Context,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<ConsumerCertificate> = Api::namespaced(
+        ctx.client.clone(),
+        &certificate.namespace().unwrap_or_default(),
+    );
     let patch = json!({
         "apiVersion": ConsumerCertificate::api_version(&()),
         "kind": ConsumerCertificate::kind(&()),
         "status": status,
     });
     let params = PatchParams::apply(names::FIELD_MANAGER).force();
-    api.patch_status(&certificate.name_any(), &params, &Patch::Apply(&patch)).await?;
+    api.patch_status(&certificate.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }
 
-fn record_metrics(certificate: &ConsumerCertificate, status: &crate::api::ConsumerCertificateStatus, ctx: &Context) {
+fn record_metrics(
+    certificate: &ConsumerCertificate,
+    before: Option<&crate::api::ConsumerCertificateStatus>,
+    status: &crate::api::ConsumerCertificateStatus,
+    ctx: &Context,
+) {
     use crate::metrics::{AcceptedLabels, CertificateLabels};
     let namespace = certificate.namespace().unwrap_or_default();
     let name = certificate.name_any();
-    let labels = CertificateLabels { namespace: namespace.clone(), name: name.clone() };
+    let labels = CertificateLabels {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
     match &status.current {
         Some(current) => {
-            ctx.metrics.certificate_not_after.get_or_create(&labels).set(current.not_after.timestamp());
+            ctx.metrics
+                .certificate_not_after
+                .get_or_create(&labels)
+                .set(current.not_after.timestamp());
         }
         None => {
             ctx.metrics.certificate_not_after.remove(&labels);
@@ -317,9 +405,24 @@ fn record_metrics(certificate: &ConsumerCertificate, status: &crate::api::Consum
         .iter()
         .map(|p| (p.sha256_fingerprint.clone(), p.accepted_until.timestamp()))
         .collect();
-    for (fingerprint, until) in previous {
-        let labels = AcceptedLabels { namespace: namespace.clone(), name: name.clone(), fingerprint };
-        ctx.metrics.certificate_accepted_until.get_or_create(&labels).set(until);
+    let accepted_labels = |fingerprint: &str| AcceptedLabels {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        fingerprint: fingerprint.to_owned(),
+    };
+    for (fingerprint, until) in &previous {
+        let labels = accepted_labels(fingerprint);
+        ctx.metrics
+            .certificate_accepted_until
+            .get_or_create(&labels)
+            .set(*until);
+    }
+    // A certificate whose grace ended leaves the metric with the status.
+    for gone in before.iter().flat_map(|b| &b.previous) {
+        if !previous.contains_key(&gone.sha256_fingerprint) {
+            let labels = accepted_labels(&gone.sha256_fingerprint);
+            ctx.metrics.certificate_accepted_until.remove(&labels);
+        }
     }
 }
 
@@ -327,33 +430,46 @@ async fn publish_changes(certificate: &ConsumerCertificate, ctx: &Context, chang
     let object = super::object_key(certificate);
     for change in changes {
         let (type_, reason, note) = match change {
-            Change::FirstAccepted { x5t_s256 } => {
-                (EventType::Normal, reason::VALID, format!("Certificate {x5t_s256} accepted"))
-            }
+            Change::FirstAccepted { x5t_s256 } => (
+                EventType::Normal,
+                reason::VALID,
+                format!("Certificate {x5t_s256} accepted"),
+            ),
             Change::Rotated { from, to } => (
                 EventType::Normal,
                 event::CERTIFICATE_ROTATED,
-                format!("Certificate rotated from {from} to {to}; the old one is accepted for {}", certificate.spec.grace_period),
+                format!(
+                    "Certificate rotated from {from} to {to}; the old one is accepted for {}",
+                    certificate.spec.grace_period
+                ),
             ),
             Change::GraceEnded { x5t_s256 } => (
                 EventType::Normal,
-                event::CERTIFICATE_ROTATED,
+                event::CERTIFICATE_GRACE_ENDED,
                 format!("Grace period of certificate {x5t_s256} ended; it is no longer accepted"),
             ),
-            Change::Expired { x5t_s256 } => {
-                (EventType::Warning, reason::EXPIRED, format!("Certificate {x5t_s256} expired"))
-            }
-            Change::Revoked => (EventType::Warning, reason::REVOKED, "Certificate revoked".to_owned()),
+            Change::Expired { x5t_s256 } => (
+                EventType::Warning,
+                reason::EXPIRED,
+                format!("Certificate {x5t_s256} expired"),
+            ),
+            Change::Revoked => (
+                EventType::Warning,
+                reason::REVOKED,
+                "Certificate revoked".to_owned(),
+            ),
         };
         tracing::info!(certificate = %object, change = ?change, "certificate state changed");
         ctx.event(certificate, type_, reason, note).await;
     }
     let state = certificate.status.as_ref().and_then(|s| s.state);
     if state == Some(CertificateState::Expired) {
-        ctx.metrics.certificate_not_after.remove(&crate::metrics::CertificateLabels {
-            namespace: certificate.namespace().unwrap_or_default(),
-            name: certificate.name_any(),
-        });
+        ctx.metrics
+            .certificate_not_after
+            .remove(&crate::metrics::CertificateLabels {
+                namespace: certificate.namespace().unwrap_or_default(),
+                name: certificate.name_any(),
+            });
     }
 }
 
@@ -361,10 +477,16 @@ async fn publish_changes(certificate: &ConsumerCertificate, ctx: &Context, chang
 async fn cleanup(certificate: &ConsumerCertificate, ctx: &Context) -> Result<Action, Error> {
     let namespace = certificate.namespace().unwrap_or_default();
     let consumers: Api<Consumer> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Some(consumer) = consumers.get_opt(&certificate.spec.consumer_ref.name).await? {
+    if let Some(consumer) = consumers
+        .get_opt(&certificate.spec.consumer_ref.name)
+        .await?
+    {
         super::consumer::bind_certificates(&consumer, ctx, certificate.uid().as_deref()).await?;
     }
-    let labels = crate::metrics::CertificateLabels { namespace, name: certificate.name_any() };
+    let labels = crate::metrics::CertificateLabels {
+        namespace,
+        name: certificate.name_any(),
+    };
     ctx.metrics.certificate_not_after.remove(&labels);
     Ok(Action::await_change())
 }

@@ -2,14 +2,9 @@
 //! Decisions come from `decide::client` and `decide::credentials`; this file only observes and
 //! applies. Every step can be interrupted: the next reconcile finishes it from what it observes.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, atomic::AtomicBool},
-    time::Instant,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use k8s_openapi::{
     ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
@@ -27,7 +22,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, on_error};
+use super::{Context, Error, Readiness, on_error};
 use crate::{
     api::{
         Consumer, ConsumerCertificate, ConsumerState, ConsumerStatus,
@@ -56,7 +51,7 @@ pub async fn run(
     ctx: Arc<Context>,
     apis: Vec<Api<Consumer>>,
     concurrency: u16,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     recoveries: tokio::sync::watch::Receiver<u64>,
 ) {
     let secrets_config = watcher::Config::default().labels(names::MANAGED_BY_SELECTOR);
@@ -80,19 +75,8 @@ pub async fn run(
             .shutdown_on_signal();
         let store = controller.store();
         ctx.stores.add_consumers(store.clone());
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                super::mark_ready(&ready);
-            }
-        });
-        controller
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "controller event");
-                }
-            })
+        readiness.track(store);
+        super::drain(controller.run(reconcile, error_policy, ctx.clone()))
     });
     futures::future::join_all(controllers).await;
 }
@@ -285,6 +269,7 @@ async fn sync_client(
     client_id: &str,
 ) -> Result<ClientSync, Failure> {
     let kc = &ctx.keycloak;
+    ctx.readiness.wait().await;
     let binding = certificate_binding(consumer, ctx, None);
     let observed = kc
         .find_client(realm, client_id)
@@ -367,43 +352,24 @@ async fn sync_client(
     if changes.is_empty() {
         return Ok(ClientSync { uuid });
     }
-    let keycloak_error = |e: keycloak::Error| Failure::from_keycloak(&e);
-    if let Some(update) = changes.update.clone() {
-        kc.update_client(realm, &uuid, update)
-            .await
-            .map_err(keycloak_error)?;
-    }
-    for mapper in changes.create_mappers.clone() {
-        kc.create_mapper(realm, &uuid, mapper)
-            .await
-            .map_err(keycloak_error)?;
-    }
-    for mapper in changes.update_mappers.clone() {
-        kc.update_mapper(realm, &uuid, mapper)
-            .await
-            .map_err(keycloak_error)?;
-    }
-    for id in &changes.delete_mappers {
-        kc.delete_mapper(realm, &uuid, id)
-            .await
-            .map_err(keycloak_error)?;
-    }
-
+    // A changed client with an unchanged spec was edited by hand; changed claims alone follow
+    // the certificates.
     let spec_seen = consumer.status.as_ref().and_then(|s| s.observed_generation)
         == consumer.metadata.generation;
-    if spec_seen {
+    let drift = spec_seen && changes.update.is_some();
+    apply_changes(kc, realm, &uuid, changes)
+        .await
+        .map_err(|e| Failure::from_keycloak(&e))?;
+
+    if drift {
         let note =
             format!("Keycloak client {client_id} was changed outside the operator; corrected");
         ctx.event(consumer, EventType::Warning, event::DRIFT_CORRECTED, note)
             .await;
     } else {
-        ctx.event(
-            consumer,
-            EventType::Normal,
-            event::CLIENT_UPDATED,
-            format!("Updated Keycloak client {client_id}"),
-        )
-        .await;
+        let note = format!("Updated Keycloak client {client_id}");
+        ctx.event(consumer, EventType::Normal, event::CLIENT_UPDATED, note)
+            .await;
     }
     tracing::info!(consumer = %super::object_key(consumer), %realm, %client_id, "client updated");
     Ok(ClientSync { uuid })
@@ -450,16 +416,31 @@ pub async fn bind_certificates(
         return Ok(());
     }
     let uuid = observed.id.clone().unwrap_or_default();
+    ctx.readiness.wait().await;
     let binding = certificate_binding(consumer, ctx, except);
     let changes = decide_client::changes(&observed, consumer, &binding);
+    apply_changes(kc, &realm, &uuid, changes).await?;
+    Ok(())
+}
+
+/// Writes the changes to the client, then its protocol mappers.
+async fn apply_changes(
+    kc: &keycloak::Keycloak,
+    realm: &str,
+    uuid: &str,
+    changes: decide_client::ClientChanges,
+) -> Result<(), keycloak::Error> {
+    if let Some(update) = changes.update {
+        kc.update_client(realm, uuid, update).await?;
+    }
     for mapper in changes.create_mappers {
-        kc.create_mapper(&realm, &uuid, mapper).await?;
+        kc.create_mapper(realm, uuid, mapper).await?;
     }
     for mapper in changes.update_mappers {
-        kc.update_mapper(&realm, &uuid, mapper).await?;
+        kc.update_mapper(realm, uuid, mapper).await?;
     }
     for id in &changes.delete_mappers {
-        kc.delete_mapper(&realm, &uuid, id).await?;
+        kc.delete_mapper(realm, uuid, id).await?;
     }
     Ok(())
 }

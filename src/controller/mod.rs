@@ -43,6 +43,8 @@ pub struct Context {
     failures: std::sync::Mutex<HashMap<String, u32>>,
     /// The controllers' caches, for decisions that look across objects.
     pub stores: Stores,
+    /// Whether those caches are filled.
+    pub readiness: Arc<Readiness>,
 }
 
 /// The reflector stores of every controller (one per watched namespace and kind).
@@ -228,6 +230,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .to_owned(),
         resync_interval: args.resync_interval,
     };
+    let ready = Arc::new(AtomicBool::new(false));
+    let watched = args
+        .watch_namespace
+        .iter()
+        .filter(|n| !n.is_empty())
+        .count()
+        .max(1);
+    let readiness = Readiness::new(2 * watched, ready.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -236,9 +246,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings,
         failures: std::sync::Mutex::default(),
         stores: Stores::default(),
+        readiness: readiness.clone(),
     });
 
-    let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(server::serve(
         args.metrics_addr,
         args.health_addr,
@@ -272,18 +282,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .keycloak
         .recoveries(&args.keycloak_url, &args.keycloak_admin_realm);
     tokio::spawn(forget_failures_on_recovery(ctx.clone(), recoveries.clone()));
+    let consumer_apis = namespaced(&client, &namespaces);
     let consumers = consumer::run(
         ctx.clone(),
-        namespaced(&client, &namespaces),
+        consumer_apis,
         args.concurrency,
-        ready.clone(),
+        readiness.clone(),
         recoveries,
     );
     let certificates = certificate::run(
         ctx.clone(),
         namespaced(&client, &namespaces),
         args.concurrency,
-        ready.clone(),
+        readiness,
     );
     tokio::select! {
         _ = futures::future::join(consumers, certificates) => {}
@@ -344,7 +355,67 @@ pub fn recovery_stream(
     })
 }
 
-/// Marks the operator ready once every store has its first full list.
-pub fn mark_ready(ready: &AtomicBool) {
-    ready.store(true, Ordering::SeqCst);
+/// `/readyz`: ready once every controller's store has its first full list. Decisions that look
+/// across objects (certificate bindings, thumbprint uniqueness) wait for it too, so that a
+/// restarted operator never acts on a half-filled cache.
+pub struct Readiness {
+    pending: std::sync::atomic::AtomicUsize,
+    ready: Arc<AtomicBool>,
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl Readiness {
+    /// Expects `stores` stores to sync before the operator is ready.
+    pub fn new(stores: usize, ready: Arc<AtomicBool>) -> Arc<Self> {
+        let synced = tokio::sync::watch::channel(false).0;
+        Arc::new(Self {
+            pending: stores.into(),
+            ready,
+            synced,
+        })
+    }
+
+    /// Counts `store` as synced once it has its first full list.
+    pub fn track<K>(self: &Arc<Self>, store: Store<K>)
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            // NB: a store's readiness wakes only its latest waiter (a oneshot channel underneath)
+            // and the controller waits on the same store, so this waiter polls again until the
+            // store answers.
+            let synced = loop {
+                let wait = store.wait_until_ready();
+                if let Ok(result) = tokio::time::timeout(Duration::from_millis(100), wait).await {
+                    break result.is_ok();
+                }
+            };
+            tracing::debug!(kind = std::any::type_name::<K>(), synced, "store synced");
+            if synced && readiness.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                readiness.ready.store(true, Ordering::SeqCst);
+                readiness.synced.send_replace(true);
+            }
+        });
+    }
+
+    /// Returns once every store has synced.
+    pub async fn wait(&self) {
+        let mut synced = self.synced.subscribe();
+        // NB: the sender lives as long as `self`, so this cannot fail while we wait.
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
+}
+
+/// Drives a controller's stream to its end; per-object outcomes are logged by the reconcilers.
+pub async fn drain<T, E: std::fmt::Display>(results: impl futures::Stream<Item = Result<T, E>>) {
+    use futures::StreamExt;
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
 }
