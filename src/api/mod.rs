@@ -33,7 +33,10 @@ mod tests {
 
         for (file, yaml) in super::crd_documents() {
             let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-            assert!(committed == yaml, "crds/{file} differs from `consumer-operator crd`: run `make crds`");
+            assert!(
+                committed == yaml,
+                "crds/{file} differs from `consumer-operator crd`: run `make crds`"
+            );
         }
     }
 }
