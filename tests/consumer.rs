@@ -669,3 +669,89 @@ async fn invalid_manifests_are_rejected_by_the_api_server_with_the_field_named()
         "missing name: {error}"
     );
 }
+
+#[tokio::test]
+async fn a_client_made_by_hand_is_adopted_only_with_the_adopt_annotation() {
+    let world = World::new().await;
+    let client_id = format!("{}-partner-h", world.tenant);
+    let by_hand =
+        json!({"clientId": client_id, "publicClient": false, "serviceAccountsEnabled": true});
+    let path = format!("/{}/clients", world.tenant);
+    let (status, _) = world
+        .keycloak
+        .admin(reqwest::Method::POST, &path, Some(by_hand))
+        .await;
+    assert_eq!(status, 201);
+
+    world.apply("partner-h", json!({})).await.unwrap();
+    let refused = world.wait_ready("partner-h", "False").await;
+    assert_eq!(ready_reason(&refused), "Conflict");
+    assert!(
+        world
+            .secrets()
+            .get_opt("partner-h-credentials")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let adopt = json!({"metadata": {"annotations": {"gostoa.dev/adopt": "true"}}});
+    let params = PatchParams::default();
+    world
+        .consumers()
+        .patch("partner-h", &params, &Patch::Merge(adopt))
+        .await
+        .unwrap();
+    let adopted = eventually("the client to be adopted", WAIT, || async {
+        let consumer = world.consumers().get("partner-h").await.unwrap();
+        (ready_status(&consumer).as_deref() == Some("True")).then_some(consumer)
+    })
+    .await;
+
+    let clients = world.keycloak.clients(&world.tenant, &client_id).await;
+    assert_eq!(clients.len(), 1);
+    let owner = format!("{}/partner-h", world.namespace);
+    assert_eq!(clients[0]["attributes"]["gostoa.dev/owner"], owner.as_str());
+    assert_eq!(
+        adopted.status.unwrap().keycloak_client_uuid.as_ref(),
+        clients[0]["id"].as_str().map(String::from).as_ref()
+    );
+    let credentials = world.credentials("partner-h").await;
+    assert!(
+        world
+            .token(&credentials, &credentials.client_secret)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_secret_of_that_name_owned_by_nobody_is_a_conflict_and_is_never_overwritten() {
+    let world = World::new().await;
+    let foreign = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("partner-f-credentials".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "client_secret".to_owned(),
+                ByteString(b"someone-elses".to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    world
+        .secrets()
+        .create(&Default::default(), &foreign)
+        .await
+        .unwrap();
+
+    world.apply("partner-f", json!({})).await.unwrap();
+
+    let refused = world.wait_ready("partner-f", "False").await;
+    assert_eq!(ready_reason(&refused), "Conflict");
+    let secret = world.secrets().get("partner-f-credentials").await.unwrap();
+    assert_eq!(secret.data.unwrap()["client_secret"].0, b"someone-elses");
+}
