@@ -462,22 +462,15 @@ impl Operator {
             let _ = child.wait();
         }
     }
-
-    /// Whether the process has exited (by itself or because it was stopped or killed).
-    pub fn exited(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().ok().flatten().is_some(),
-            None => true,
-        }
-    }
 }
 
-/// Waits until the Consumer's Ready condition is `True` for its latest generation.
+/// Waits until the Consumer's Ready condition is `True` for its latest generation; on timeout,
+/// says what its status was (the caller adds the operator's log).
 pub async fn wait_consumer_ready(
     api: &Api<consumer_operator::api::Consumer>,
     name: &str,
     timeout: Duration,
-) -> consumer_operator::api::Consumer {
+) -> Result<consumer_operator::api::Consumer, String> {
     let ready = await_condition(
         api.clone(),
         name,
@@ -495,17 +488,17 @@ pub async fn wait_consumer_ready(
         },
     );
     match tokio::time::timeout(timeout, ready).await {
-        Ok(result) => result
+        Ok(result) => Ok(result
             .expect("watch the Consumer")
-            .expect("the Consumer exists"),
-        Err(_) => panic!(
+            .expect("the Consumer exists")),
+        Err(_) => Err(format!(
             "Consumer {name} was not Ready within {timeout:?}: {:?}",
             api.get_opt(name)
                 .await
                 .ok()
                 .flatten()
                 .and_then(|c| c.status)
-        ),
+        )),
     }
 }
 
