@@ -44,8 +44,10 @@ pub async fn acquire(
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     tracing::info!(lease = %name, %namespace, %identity, "waiting for leadership");
     loop {
-        if try_take(&api, name, identity).await? {
-            break;
+        match try_take(&api, name, identity).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, lease = %name, "cannot take the lease"),
         }
         STANDING_BY.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -56,15 +58,22 @@ pub async fn acquire(
 
     let (api, name, identity) = (api.clone(), name.to_owned(), identity.to_owned());
     tokio::spawn(async move {
+        let mut renewed = std::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
             match try_take(&api, &name, &identity).await {
-                Ok(true) => {}
+                Ok(true) => renewed = std::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!(lease = %name, "lost leadership; exiting");
                     std::process::exit(1);
                 }
                 Err(error) => tracing::warn!(%error, lease = %name, "cannot renew the lease"),
+            }
+            // A leader that could not renew for a Lease duration may have been replaced: it
+            // stops rather than reconcile beside the new one.
+            if renewed.elapsed() >= Duration::from_secs(LEASE_SECONDS as u64) - RENEW_EVERY {
+                tracing::error!(lease = %name, "could not renew the lease in time; exiting");
+                std::process::exit(1);
             }
         }
     });
@@ -83,7 +92,7 @@ async fn try_take(api: &Api<Lease>, name: &str, identity: &str) -> anyhow::Resul
             },
             spec: Some(held_by(identity, now, 0)),
         };
-        return Ok(api.create(&PostParams::default(), &lease).await.is_ok());
+        return settled(api.create(&PostParams::default(), &lease).await);
     };
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
@@ -103,10 +112,17 @@ async fn try_take(api: &Api<Lease>, name: &str, identity: &str) -> anyhow::Resul
         },
         ..held_by(identity, now, transitions)
     });
-    Ok(api
-        .replace(name, &PostParams::default(), &lease)
-        .await
-        .is_ok())
+    settled(api.replace(name, &PostParams::default(), &lease).await)
+}
+
+/// A write of the Lease: taken, lost to another replica (409: someone wrote it first), or failed
+/// (an error to report and retry).
+fn settled(result: Result<Lease, kube::Error>) -> anyhow::Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn held_by(identity: &str, now: chrono::DateTime<Utc>, transitions: i32) -> LeaseSpec {
