@@ -30,3 +30,21 @@ fmt:
 
 lint:
 	cargo clippy --all-targets -- -D warnings
+
+# Benchmarks against the running local stack (not part of `make test`): for each size, the
+# Keycloak floor, the onboarding through the release operator and a restart; then memory with
+# 10,000 Consumers and 10,000 unrelated Secrets. One JSON line per result; see docs/benchmarks.md.
+.PHONY: bench faults
+BENCH_SIZES ?= 100,1000
+bench:
+	cargo build --release
+	cd bench && cargo build --release
+	target/release/consumer-operator-bench onboard --sizes $(BENCH_SIZES)
+	target/release/consumer-operator-bench memory --consumers 10000 --secrets 10000
+
+# Fault tests against the running local stack (not part of `make test`): a 300-consumer
+# onboarding during which the operator is SIGKILLed three times, then the audit.
+faults:
+	cargo build --release
+	cd bench && cargo build --release
+	target/release/consumer-operator-bench faults --n 300 --operator-kills 3
