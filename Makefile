@@ -41,6 +41,7 @@ bench:
 	cd bench && cargo build --release
 	target/release/consumer-operator-bench onboard --sizes $(BENCH_SIZES)
 	target/release/consumer-operator-bench memory --consumers 10000 --secrets 10000
+	target/release/consumer-operator-bench certificates --n 100 --grace-period 10s
 
 # Fault tests against the running local stack (not part of `make test`): a 300-consumer
 # onboarding during which the operator is SIGKILLed three times, then the audit.

@@ -27,6 +27,8 @@ enum Command {
     Memory(scenario::MemoryArgs),
     /// An onboarding interrupted by faults, then the audit.
     Faults(scenario::FaultArgs),
+    /// Certificates rotated at once with a short grace: removal time against acceptedUntil.
+    Certificates(scenario::CertArgs),
 }
 
 #[tokio::main]
@@ -37,5 +39,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Onboard(args) => scenario::onboard(args).await,
         Command::Memory(args) => scenario::memory(args).await,
         Command::Faults(args) => scenario::faults(args).await,
+        Command::Certificates(args) => scenario::certificates(args).await,
     }
 }

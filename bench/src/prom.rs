@@ -101,7 +101,8 @@ mod tests {
     #[test]
     fn sums_and_diffs_counters_by_label() {
         let before = Scrape::parse(
-            "# TYPE x counter\nx_total{method=\"GET\",uri=\"/a\"} 2.0\nx_total{method=\"PUT\",uri=\"/a\"} 1\n",
+            "# TYPE x counter\nx_total{method=\"GET\",uri=\"/a\"} 2.0\n\
+             x_total{method=\"PUT\",uri=\"/a\"} 1\n",
         );
         let after = Scrape::parse(
             "x_total{method=\"GET\",uri=\"/a\"} 5.0\nx_total{method=\"PUT\",uri=\"/a\"} 1\n",

@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -64,6 +65,15 @@ pub struct MemoryArgs {
     /// How long to watch the operator's memory once every Consumer was reconciled, in seconds.
     #[arg(long, default_value_t = 30)]
     observe: u64,
+    /// Extra environment of the operator process, KEY=VALUE (repeatable).
+    #[arg(long, value_parser = parse_key_value)]
+    operator_env: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -340,7 +350,7 @@ async fn floor(keycloak: &Keycloak, n: usize, concurrency: usize) -> anyhow::Res
         .collect();
     keycloak.admin_token().await?;
     let before = keycloak.metrics().await?;
-    let logins_before = keycloak.logins.load(std::sync::atomic::Ordering::Relaxed);
+    let logins_before = keycloak.logins.load(Ordering::Relaxed);
     let load_before = load();
 
     let started = Instant::now();
@@ -389,7 +399,7 @@ async fn floor(keycloak: &Keycloak, n: usize, concurrency: usize) -> anyhow::Res
         "failed": failed,
         "keycloak_admin_requests": requests,
         "keycloak_admin_requests_per_consumer": requests.values().sum::<f64>() / n as f64,
-        "bench_admin_logins": keycloak.logins.load(std::sync::atomic::Ordering::Relaxed) - logins_before,
+        "bench_admin_logins": keycloak.logins.load(Ordering::Relaxed) - logins_before,
         "load_before": load_before,
         "load_after": load(),
     });
@@ -584,7 +594,8 @@ pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let load_before = load();
     let started = Instant::now();
-    let operator = Operator::start(&env, &closed, &[&consumers_ns, &secrets_ns], 16)?;
+    let namespaces = [consumers_ns.as_str(), secrets_ns.as_str()];
+    let operator = Operator::start_with_env(&env, &closed, &namespaces, 16, &args.operator_env)?;
     operator.wait_ready(&http, Duration::from_secs(600)).await?;
     let readyz_seconds = started.elapsed().as_secs_f64();
     let (hwm_at_readyz, rss_at_readyz) = operator.memory_kib();
@@ -604,11 +615,17 @@ pub async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (hwm, rss) = operator.memory_kib();
+    let operator_env: Vec<String> = args
+        .operator_env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     emit(&json!({
         "scenario": "memory",
         "consumers": args.consumers,
         "unrelated_secrets": args.secrets,
         "keycloak": "a closed port (nothing listening): no client is created",
+        "operator_env": operator_env,
         "seconds_until_readyz": readyz_seconds,
         "seconds_until_all_reconciled_once": reconciled_seconds,
         "vm_hwm_kib_at_readyz": hwm_at_readyz,
@@ -723,7 +740,12 @@ async fn faults_in(
     let kc_after = keycloak.metrics().await?;
 
     let mut audit = audit(client, keycloak, &tenant, n).await?;
-    let requests = admin_requests(&kc_before, &kc_after);
+    let requests = if args.keycloak_restart {
+        // Keycloak's counters start from zero when it starts again: no diff is meaningful.
+        json!("not measured: the Keycloak restart reset its counters")
+    } else {
+        json!(admin_requests(&kc_before, &kc_after))
+    };
     let extra = json!({
         "scenario": "faults",
         "n": n,
@@ -835,15 +857,196 @@ async fn audit(
         && orphans.is_empty()
         && wrong_owner.is_empty()
         && token_failures.is_empty();
+    let ours = per_client_id
+        .keys()
+        .filter(|id| id.starts_with(&format!("{tenant}-")))
+        .count();
     Ok(json!({
         "passed": passed,
         "consumers": consumers.len(),
         "not_ready": not_ready,
-        "keycloak_clients_of_tenant": per_client_id.keys().filter(|id| id.starts_with(&format!("{tenant}-"))).count(),
+        "keycloak_clients_of_tenant": ours,
         "missing_clients": missing,
         "duplicated_clients": duplicated,
         "orphan_clients": orphans,
         "clients_with_wrong_owner": wrong_owner,
         "secrets_without_token": token_failures,
     }))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertArgs {
+    /// Number of Consumers, each with one ConsumerCertificate that is rotated once.
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    #[arg(long, default_value = "10s")]
+    grace_period: String,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+/// A self-signed end-entity certificate (not a CA), P-256, valid 30 days, from openssl.
+fn certificate_pem(subject: &str) -> anyhow::Result<String> {
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            "/dev/null",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={subject}"),
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+fn certificate_manifest(name: &str, pem: &str, grace: &str) -> Value {
+    json!({
+        "apiVersion": format!("{}/{}", names::GROUP, names::VERSION),
+        "kind": "ConsumerCertificate",
+        "metadata": { "name": name },
+        "spec": { "consumerRef": { "name": name }, "pem": pem, "gracePeriod": grace },
+    })
+}
+
+/// For `n` certificates rotated at once with a short grace: the distribution of (the moment the
+/// watch sees the old thumbprint leave `status.acceptedX5tS256`) - (its `acceptedUntil`).
+pub async fn certificates(args: CertArgs) -> anyhow::Result<()> {
+    use consumer_operator::api::ConsumerCertificate;
+    let env = Env::load()?;
+    let client = env.kube().await?;
+    let keycloak = Keycloak::start_private(&env)?;
+    let result = async {
+        let n = args.n;
+        let tenant = run_id("certs", n);
+        create_namespace(&client, &tenant).await?;
+        keycloak.create_realm(&tenant).await?;
+        let consumers: Api<Consumer> = Api::namespaced(client.clone(), &tenant);
+        let certs: Api<ConsumerCertificate> = Api::namespaced(client.clone(), &tenant);
+        let operator = Operator::start(&env, &keycloak.url, &[&tenant], 32)?;
+        operator.wait_ready(&keycloak.http, Duration::from_secs(60)).await?;
+        let mut tracker = ReadyTracker::start(consumers.clone());
+        apply_consumers(&consumers, &tenant, n, args.concurrency).await?;
+        tracker.wait_for(n, Duration::from_secs(args.timeout)).await?;
+
+        let old: Vec<String> = (0..n).map(|i| certificate_pem(&format!("old-{i}"))).collect::<Result<_, _>>()?;
+        let new: Vec<String> = (0..n).map(|i| certificate_pem(&format!("new-{i}"))).collect::<Result<_, _>>()?;
+        let apply_all = |pems: Vec<String>| {
+            let certs = certs.clone();
+            let grace = args.grace_period.clone();
+            async move {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                stream::iter(pems.into_iter().enumerate())
+                    .map(|(i, pem)| {
+                        let (certs, params, grace) = (certs.clone(), params.clone(), grace.clone());
+                        async move {
+                            let name = consumer_name(i);
+                            let body = certificate_manifest(&name, &pem, &grace);
+                            certs.patch(&name, &params, &Patch::Apply(&body)).await.map(drop)
+                        }
+                    })
+                    .buffer_unordered(args.concurrency)
+                    .try_collect::<Vec<()>>()
+                    .await
+            }
+        };
+
+        // Watch every certificate: the first thumbprint seen as current is the old one; record
+        // each old thumbprint's acceptedUntil, and when it leaves the accepted set.
+        let (done_tx, mut done_rx) = tokio::sync::watch::channel(Vec::<(String, f64)>::new());
+        let watch_task = {
+            let certs = certs.clone();
+            tokio::spawn(async move {
+                let mut first: HashMap<String, String> = HashMap::new();
+                let mut until: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+                let mut done: Vec<(String, f64)> = Vec::new();
+                let mut seen_done: HashSet<String> = HashSet::new();
+                let mut events = watcher(certs, watcher::Config::default()).default_backoff().boxed();
+                while let Some(Ok(event)) = events.next().await {
+                    let (watcher::Event::Apply(c) | watcher::Event::InitApply(c)) = event else { continue };
+                    let now = chrono::Utc::now();
+                    let name = c.name_any();
+                    let Some(status) = c.status.as_ref() else { continue };
+                    let Some(current) = status.current.as_ref() else { continue };
+                    let old = first.entry(name.clone()).or_insert_with(|| current.x5t_s256.clone()).clone();
+                    if let Some(p) = status.previous.iter().find(|p| p.x5t_s256 == old) {
+                        until.insert(name.clone(), p.accepted_until);
+                    }
+                    if current.x5t_s256 != old
+                        && !status.accepted_x5t_s256.contains(&old)
+                        && !seen_done.contains(&name)
+                        && let Some(until) = until.get(&name)
+                    {
+                        seen_done.insert(name.clone());
+                        let lateness = (now - *until).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                        done.push((name, lateness));
+                        let _ = done_tx.send(done.clone());
+                    }
+                }
+            })
+        };
+        apply_all(old).await?;
+        // Every certificate bound (its thumbprint current) before the rotation starts.
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        loop {
+            let list = certs.list(&ListParams::default()).await?.items;
+            let bound = list.iter().filter(|c| c.status.as_ref().is_some_and(|s| s.current.is_some() && !s.accepted_x5t_s256.is_empty())).count();
+            if bound == n {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{bound} of {n} certificates bound");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let load_before = load();
+        let rotated_at = Instant::now();
+        apply_all(new).await?;
+        let rotate_seconds = rotated_at.elapsed().as_secs_f64();
+        let complete = done_rx.wait_for(|d| d.len() >= n);
+        tokio::time::timeout(Duration::from_secs(args.timeout), complete).await??;
+        let mut lateness: Vec<f64> = done_rx.borrow().iter().map(|(_, l)| *l).collect();
+        watch_task.abort();
+        lateness.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| lateness[((lateness.len() as f64 - 1.0) * p).round() as usize];
+        emit(&json!({
+            "scenario": "certificates",
+            "n": n,
+            "grace_period": args.grace_period,
+            "rotate_apply_seconds": rotate_seconds,
+            "removal_minus_accepted_until_seconds": {
+                "min": pct(0.0), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0),
+            },
+            "load_before": load_before,
+            "load_after": load(),
+        }));
+        // The certificates' finalizers are the operator's to remove: delete them while it runs.
+        certs.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !certs.list(&ListParams::default()).await?.items.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        drop(tracker);
+        drop(operator);
+        discard_namespace(&client, &tenant).await;
+        anyhow::Ok(())
+    }
+    .await;
+    keycloak.stop();
+    result
 }

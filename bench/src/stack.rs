@@ -338,6 +338,7 @@ pub struct Operator {
     pub health_url: String,
     args: Vec<String>,
     kubeconfig: String,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Operator {
@@ -352,6 +353,18 @@ impl Operator {
         keycloak_url: &str,
         namespaces: &[&str],
         concurrency: u16,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_env(env, keycloak_url, namespaces, concurrency, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment variables for the process (e.g.
+    /// `MALLOC_ARENA_MAX` to see how much of the memory is the allocator's arenas).
+    pub fn start_with_env(
+        env: &Env,
+        keycloak_url: &str,
+        namespaces: &[&str],
+        concurrency: u16,
+        extra_env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let dir = tempdir("operator");
         std::fs::write(dir.join("username"), env.get("KEYCLOAK_ADMIN_USER"))?;
@@ -380,6 +393,7 @@ impl Operator {
             health_url: format!("http://127.0.0.1:{health}"),
             args,
             kubeconfig: env.get("KUBECONFIG"),
+            extra_env: extra_env.to_vec(),
         };
         operator.spawn()?;
         Ok(operator)
@@ -394,6 +408,7 @@ impl Operator {
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
+            .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
