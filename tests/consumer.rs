@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Keycloak, Operator, create_namespace, eventually, kube_client, unique};
+use common::{Operator, World, create_namespace, eventually, unique};
 use consumer_operator::api::Consumer;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, Patch, PatchParams},
     runtime::wait::await_condition,
 };
@@ -16,34 +16,7 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One test's world: a namespace, a tenant realm, and an operator watching the namespace.
-struct World {
-    client: Client,
-    namespace: String,
-    tenant: String,
-    keycloak: Keycloak,
-    operator: Operator,
-}
-
 impl World {
-    async fn new() -> Self {
-        let client = kube_client().await;
-        common::apply_crds(&client).await;
-        let namespace = unique("cons");
-        let tenant = unique("tenant");
-        create_namespace(&client, &namespace, &[]).await;
-        let keycloak = Keycloak::from_stack();
-        keycloak.create_realm(&tenant).await;
-        let operator = Operator::start(&[&namespace], &[]);
-        Self {
-            client,
-            namespace,
-            tenant,
-            keycloak,
-            operator,
-        }
-    }
-
     fn consumers(&self) -> Api<Consumer> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -189,7 +162,7 @@ impl From<Secret> for Credentials {
 
 #[tokio::test]
 async fn a_consumer_becomes_ready_and_its_credentials_get_a_token_with_its_claims() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
 
     world.apply("partner-a", json!({})).await.unwrap();
 
@@ -218,7 +191,7 @@ async fn a_consumer_becomes_ready_and_its_credentials_get_a_token_with_its_claim
 
 #[tokio::test]
 async fn a_suspended_consumer_cannot_get_a_token_until_it_is_active_again() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world.apply("partner-s", json!({})).await.unwrap();
     world.wait_ready("partner-s", "True").await;
     let credentials = world.credentials("partner-s").await;
@@ -265,7 +238,7 @@ async fn a_suspended_consumer_cannot_get_a_token_until_it_is_active_again() {
 
 #[tokio::test]
 async fn a_blocked_consumer_cannot_get_a_token_and_cannot_be_made_active_again() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world.apply("partner-b", json!({})).await.unwrap();
     world.wait_ready("partner-b", "True").await;
     let credentials = world.credentials("partner-b").await;
@@ -294,7 +267,7 @@ async fn a_blocked_consumer_cannot_get_a_token_and_cannot_be_made_active_again()
 
 #[tokio::test]
 async fn raising_the_revision_rotates_and_the_previous_secret_works_until_the_grace_ends() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world
         .apply(
             "partner-r",
@@ -381,7 +354,7 @@ fn keycloak_writes(metrics: &str) -> u64 {
 
 #[tokio::test]
 async fn updates_reach_keycloak_and_an_unchanged_consumer_makes_no_keycloak_write() {
-    let mut world = World::new().await;
+    let mut world = World::new("cons").await;
     world.apply("partner-u", json!({})).await.unwrap();
     world.wait_ready("partner-u", "True").await;
 
@@ -425,7 +398,7 @@ async fn updates_reach_keycloak_and_an_unchanged_consumer_makes_no_keycloak_writ
 
 #[tokio::test]
 async fn the_same_consumer_in_a_second_namespace_is_a_conflict_that_changes_nothing() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world.apply("partner-c", json!({})).await.unwrap();
     world.wait_ready("partner-c", "True").await;
     let first = world.credentials("partner-c").await;
@@ -475,7 +448,7 @@ async fn the_same_consumer_in_a_second_namespace_is_a_conflict_that_changes_noth
 
 #[tokio::test]
 async fn a_client_deleted_in_keycloak_is_created_again_and_its_new_credentials_work() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world.apply("partner-d", json!({})).await.unwrap();
     world.wait_ready("partner-d", "True").await;
     let before = world.credentials("partner-d").await;
@@ -518,7 +491,7 @@ async fn a_client_deleted_in_keycloak_is_created_again_and_its_new_credentials_w
 
 #[tokio::test]
 async fn a_deleted_or_edited_secret_is_restored_from_keycloak_without_rotating() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world.apply("partner-e", json!({})).await.unwrap();
     world.wait_ready("partner-e", "True").await;
     let original = world.credentials("partner-e").await;
@@ -565,7 +538,7 @@ async fn a_deleted_or_edited_secret_is_restored_from_keycloak_without_rotating()
 #[tokio::test]
 async fn deleting_a_consumer_removes_its_client_and_secret_unless_the_orphan_policy_keeps_the_client()
  {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world.apply("partner-x", json!({})).await.unwrap();
     world.apply("partner-o", json!({})).await.unwrap();
     world.wait_ready("partner-x", "True").await;
@@ -632,7 +605,7 @@ async fn deleting_a_consumer_removes_its_client_and_secret_unless_the_orphan_pol
 
 #[tokio::test]
 async fn invalid_manifests_are_rejected_by_the_api_server_with_the_field_named() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     world
         .apply("partner-v", json!({"credentials": {"revision": 2}}))
         .await
@@ -672,7 +645,7 @@ async fn invalid_manifests_are_rejected_by_the_api_server_with_the_field_named()
 
 #[tokio::test]
 async fn a_client_made_by_hand_is_adopted_only_with_the_adopt_annotation() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     let client_id = format!("{}-partner-h", world.tenant);
     let by_hand =
         json!({"clientId": client_id, "publicClient": false, "serviceAccountsEnabled": true});
@@ -727,7 +700,7 @@ async fn a_client_made_by_hand_is_adopted_only_with_the_adopt_annotation() {
 
 #[tokio::test]
 async fn a_secret_of_that_name_owned_by_nobody_is_a_conflict_and_is_never_overwritten() {
-    let world = World::new().await;
+    let world = World::new("cons").await;
     let foreign = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some("partner-f-credentials".into()),

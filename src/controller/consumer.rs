@@ -433,8 +433,9 @@ async fn apply_changes(
     if let Some(update) = changes.update {
         kc.update_client(realm, uuid, update).await?;
     }
-    for mapper in changes.create_mappers {
-        kc.create_mapper(realm, uuid, mapper).await?;
+    if !changes.create_mappers.is_empty() {
+        kc.create_mappers(realm, uuid, changes.create_mappers)
+            .await?;
     }
     for mapper in changes.update_mappers {
         kc.update_mapper(realm, uuid, mapper).await?;

@@ -327,16 +327,18 @@ impl Keycloak {
         }
     }
 
-    pub async fn create_mapper(
+    /// Creates several protocol mappers in one request, so that a token never carries only some
+    /// of them.
+    pub async fn create_mappers(
         &self,
         realm: &str,
         uuid: &str,
-        mapper: ProtocolMapperRepresentation,
+        mappers: Vec<ProtocolMapperRepresentation>,
     ) -> Result<()> {
         let request = self
             .admin
-            .realm_clients_with_client_uuid_protocol_mappers_models_post(realm, uuid, mapper);
-        self.call("create_protocol_mapper", realm, request)
+            .realm_clients_with_client_uuid_protocol_mappers_add_models_post(realm, uuid, mappers);
+        self.call("create_protocol_mappers", realm, request)
             .await
             .map(drop)
     }

@@ -523,3 +523,34 @@ pub async fn http_status(url: &str) -> u16 {
     )
     .await
 }
+
+/// One test's world: a namespace, a tenant realm in the stack's Keycloak, and an operator
+/// watching the namespace. Test files add their own accessors with `impl World`.
+pub struct World {
+    pub client: Client,
+    pub namespace: String,
+    pub tenant: String,
+    pub keycloak: Keycloak,
+    pub operator: Operator,
+}
+
+impl World {
+    /// A fresh namespace named `<prefix>-<pid>-<n>`, a fresh realm, and an operator.
+    pub async fn new(prefix: &str) -> Self {
+        let client = kube_client().await;
+        apply_crds(&client).await;
+        let namespace = unique(prefix);
+        let tenant = unique("tenant");
+        create_namespace(&client, &namespace, &[]).await;
+        let keycloak = Keycloak::from_stack();
+        keycloak.create_realm(&tenant).await;
+        let operator = Operator::start(&[&namespace], &[]);
+        Self {
+            client,
+            namespace,
+            tenant,
+            keycloak,
+            operator,
+        }
+    }
+}
