@@ -941,13 +941,21 @@ pub async fn certificates(args: CertArgs) -> anyhow::Result<()> {
         let consumers: Api<Consumer> = Api::namespaced(client.clone(), &tenant);
         let certs: Api<ConsumerCertificate> = Api::namespaced(client.clone(), &tenant);
         let operator = Operator::start(&env, &keycloak.url, &[&tenant], 32)?;
-        operator.wait_ready(&keycloak.http, Duration::from_secs(60)).await?;
+        operator
+            .wait_ready(&keycloak.http, Duration::from_secs(60))
+            .await?;
         let mut tracker = ReadyTracker::start(consumers.clone());
         apply_consumers(&consumers, &tenant, n, args.concurrency).await?;
-        tracker.wait_for(n, Duration::from_secs(args.timeout)).await?;
+        tracker
+            .wait_for(n, Duration::from_secs(args.timeout))
+            .await?;
 
-        let old: Vec<String> = (0..n).map(|i| certificate_pem(&format!("old-{i}"))).collect::<Result<_, _>>()?;
-        let new: Vec<String> = (0..n).map(|i| certificate_pem(&format!("new-{i}"))).collect::<Result<_, _>>()?;
+        let pems = |prefix: &str| -> anyhow::Result<Vec<String>> {
+            (0..n)
+                .map(|i| certificate_pem(&format!("{prefix}-{i}")))
+                .collect()
+        };
+        let (old, new) = (pems("old")?, pems("new")?);
         let apply_all = |pems: Vec<String>| {
             let certs = certs.clone();
             let grace = args.grace_period.clone();
@@ -959,7 +967,10 @@ pub async fn certificates(args: CertArgs) -> anyhow::Result<()> {
                         async move {
                             let name = consumer_name(i);
                             let body = certificate_manifest(&name, &pem, &grace);
-                            certs.patch(&name, &params, &Patch::Apply(&body)).await.map(drop)
+                            certs
+                                .patch(&name, &params, &Patch::Apply(&body))
+                                .await
+                                .map(drop)
                         }
                     })
                     .buffer_unordered(args.concurrency)
@@ -978,14 +989,25 @@ pub async fn certificates(args: CertArgs) -> anyhow::Result<()> {
                 let mut until: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
                 let mut done: Vec<(String, f64)> = Vec::new();
                 let mut seen_done: HashSet<String> = HashSet::new();
-                let mut events = watcher(certs, watcher::Config::default()).default_backoff().boxed();
+                let mut events = watcher(certs, watcher::Config::default())
+                    .default_backoff()
+                    .boxed();
                 while let Some(Ok(event)) = events.next().await {
-                    let (watcher::Event::Apply(c) | watcher::Event::InitApply(c)) = event else { continue };
+                    let (watcher::Event::Apply(c) | watcher::Event::InitApply(c)) = event else {
+                        continue;
+                    };
                     let now = chrono::Utc::now();
                     let name = c.name_any();
-                    let Some(status) = c.status.as_ref() else { continue };
-                    let Some(current) = status.current.as_ref() else { continue };
-                    let old = first.entry(name.clone()).or_insert_with(|| current.x5t_s256.clone()).clone();
+                    let Some(status) = c.status.as_ref() else {
+                        continue;
+                    };
+                    let Some(current) = status.current.as_ref() else {
+                        continue;
+                    };
+                    let old = first
+                        .entry(name.clone())
+                        .or_insert_with(|| current.x5t_s256.clone())
+                        .clone();
                     if let Some(p) = status.previous.iter().find(|p| p.x5t_s256 == old) {
                         until.insert(name.clone(), p.accepted_until);
                     }
@@ -1007,11 +1029,19 @@ pub async fn certificates(args: CertArgs) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
         loop {
             let list = certs.list(&ListParams::default()).await?.items;
-            let bound = list.iter().filter(|c| c.status.as_ref().is_some_and(|s| s.current.is_some() && !s.accepted_x5t_s256.is_empty())).count();
+            let is_bound = |c: &&ConsumerCertificate| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.current.is_some() && !s.accepted_x5t_s256.is_empty())
+            };
+            let bound = list.iter().filter(is_bound).count();
             if bound == n {
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "{bound} of {n} certificates bound");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{bound} of {n} certificates bound"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let load_before = load();
@@ -1030,15 +1060,20 @@ pub async fn certificates(args: CertArgs) -> anyhow::Result<()> {
             "grace_period": args.grace_period,
             "rotate_apply_seconds": rotate_seconds,
             "removal_minus_accepted_until_seconds": {
-                "min": pct(0.0), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0),
+                "min": pct(0.0), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
+                "max": pct(1.0),
             },
             "load_before": load_before,
             "load_after": load(),
         }));
         // The certificates' finalizers are the operator's to remove: delete them while it runs.
-        certs.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+        certs
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !certs.list(&ListParams::default()).await?.items.is_empty() && Instant::now() < deadline {
+        while !certs.list(&ListParams::default()).await?.items.is_empty()
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         drop(tracker);
