@@ -113,14 +113,88 @@ struct Outcome {
     credentials: Result<CredentialsSync, Failure>,
 }
 
+#[derive(Clone)]
 struct ClientSync {
     uuid: String,
 }
 
+#[derive(Clone)]
 struct CredentialsSync {
     status: CredentialsStatus,
     /// When the previous secret's grace ends, for a timed requeue.
     grace_ends: Option<DateTime<Utc>>,
+    /// The Secret's resourceVersion once it holds these credentials.
+    secret_version: Option<String>,
+}
+
+/// What a sync depends on, as far as the operator can see it without asking Keycloak.
+#[derive(Clone, PartialEq)]
+pub struct Seen {
+    generation: Option<i64>,
+    annotations: [Option<String>; 2],
+    secret_version: Option<String>,
+    binding: CertificateBinding,
+}
+
+impl Seen {
+    fn of(consumer: &Consumer, secret: Option<&Secret>, binding: &CertificateBinding) -> Self {
+        let annotation = |key: &str| consumer.annotations().get(key).cloned();
+        Self {
+            generation: consumer.metadata.generation,
+            annotations: [
+                annotation(names::ADOPT_ANNOTATION),
+                annotation(names::DELETION_POLICY_ANNOTATION),
+            ],
+            secret_version: secret.and_then(|s| s.resource_version()),
+            binding: binding.clone(),
+        }
+    }
+}
+
+/// The outcome of a full sync.
+#[derive(Clone)]
+pub struct Verified {
+    client: ClientSync,
+    credentials: CredentialsSync,
+}
+
+/// The last full sync of each Consumer, so that the events its own writes cause (the Secret,
+/// the status) cost no Keycloak request. An entry serves for half the resync interval and never
+/// past a grace end.
+pub struct VerifiedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Seen, Verified, Instant)>>,
+    fresh_for: std::time::Duration,
+}
+
+impl VerifiedCache {
+    pub fn new(resync_interval: std::time::Duration) -> Self {
+        Self {
+            entries: Default::default(),
+            fresh_for: resync_interval / 2,
+        }
+    }
+
+    fn recent(&self, key: &str, seen: &Seen) -> Option<Verified> {
+        let entries = self.entries.lock().expect("not poisoned");
+        let (recorded, verified, at) = entries.get(key)?;
+        let grace_due = verified
+            .credentials
+            .grace_ends
+            .is_some_and(|end| end <= Utc::now());
+        (recorded == seen && at.elapsed() < self.fresh_for && !grace_due).then(|| verified.clone())
+    }
+
+    fn record(&self, key: String, seen: Seen, verified: Verified) {
+        self.entries
+            .lock()
+            .expect("not poisoned")
+            .insert(key, (seen, verified, Instant::now()));
+    }
+
+    /// Forgets a Consumer (deleted, or its sync failed).
+    pub fn forget(&self, key: &str) {
+        self.entries.lock().expect("not poisoned").remove(key);
+    }
 }
 
 /// A condition reason and a message that says what is wrong (never a secret).
@@ -237,7 +311,20 @@ async fn sync(
         });
     }
 
-    let client = match sync_client(consumer, ctx, realm, client_id).await {
+    ctx.readiness.wait().await;
+    let binding = certificate_binding(consumer, ctx, None);
+    let seen = Seen::of(consumer, observed_secret.as_ref(), &binding);
+    if let Some(verified) = ctx.verified.recent(&super::object_key(consumer), &seen) {
+        // Nothing the operator could see changed since the last full sync (the event is its
+        // own Secret or status write): no Keycloak request. Drift in Keycloak is caught by the
+        // resync, which is never skipped.
+        return Ok(Outcome {
+            client: Ok(verified.client),
+            credentials: Ok(verified.credentials),
+        });
+    }
+
+    let client = match sync_client(consumer, ctx, realm, client_id, &binding).await {
         Ok(client) => client,
         Err(failure) => {
             let credentials = Failure::new(failure.reason, "waiting for the Keycloak client");
@@ -256,6 +343,18 @@ async fn sync(
         observed_secret.as_ref(),
     )
     .await?;
+    if let Ok(synced) = &credentials {
+        let seen = Seen {
+            secret_version: synced.secret_version.clone(),
+            ..seen
+        };
+        let verified = Verified {
+            client: client.clone(),
+            credentials: synced.clone(),
+        };
+        ctx.verified
+            .record(super::object_key(consumer), seen, verified);
+    }
     Ok(Outcome {
         client: Ok(client),
         credentials,
@@ -267,17 +366,16 @@ async fn sync_client(
     ctx: &Context,
     realm: &str,
     client_id: &str,
+    binding: &CertificateBinding,
 ) -> Result<ClientSync, Failure> {
     let kc = &ctx.keycloak;
-    ctx.readiness.wait().await;
-    let binding = certificate_binding(consumer, ctx, None);
     let observed = kc
         .find_client(realm, client_id)
         .await
         .map_err(|e| Failure::from_keycloak(&e))?;
 
     let Some(observed) = observed else {
-        let desired = decide_client::desired_client(consumer, &binding);
+        let desired = decide_client::desired_client(consumer, binding);
         let uuid = match kc.create_client(realm, desired).await {
             Ok(uuid) => uuid,
             // Created concurrently (another replica, or an answer lost in a previous attempt):
@@ -348,7 +446,7 @@ async fn sync_client(
         }
     }
 
-    let changes = decide_client::changes(&observed, consumer, &binding);
+    let changes = decide_client::changes(&observed, consumer, binding);
     if changes.is_empty() {
         return Ok(ClientSync { uuid });
     }
@@ -589,7 +687,9 @@ async fn sync_credentials(
         }
     };
 
-    write_secret(consumer, ctx, secret, &desired).await?;
+    let secret_version = write_secret(consumer, ctx, secret, &desired)
+        .await?
+        .or_else(|| secret.and_then(|s| s.resource_version()));
     if rotated_now {
         let grace = &consumer.spec.credentials.rotation_grace_period;
         let note = format!(
@@ -619,6 +719,7 @@ async fn sync_credentials(
             previous_valid_until: annotation_time(keys::PREVIOUS_VALID_UNTIL_ANNOTATION),
         },
         grace_ends,
+        secret_version,
     }))
 }
 
@@ -655,7 +756,7 @@ async fn write_secret(
     ctx: &Context,
     observed: Option<&Secret>,
     desired: &credentials::DesiredSecret,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let observed_view = observed.map(observe);
     let same_data = observed_view
         .as_ref()
@@ -673,7 +774,7 @@ async fn write_secret(
             .all(|k| s.annotations().contains_key(*k) == desired.annotations.contains_key(*k))
     });
     if same_data && same_annotations {
-        return Ok(());
+        return Ok(None);
     }
 
     let name = consumer.secret_name();
@@ -710,7 +811,7 @@ async fn write_secret(
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams::apply(names::FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(&secret)).await?;
+    let written = api.patch(&name, &params, &Patch::Apply(&secret)).await?;
 
     // An existing Secret whose client_secret no longer matched was edited or lost its value.
     let restored = match &observed_view {
@@ -734,7 +835,7 @@ async fn write_secret(
         .await;
     }
     tracing::info!(consumer = %super::object_key(consumer), secret = %name, "secret written");
-    Ok(())
+    Ok(written.resource_version())
 }
 
 async fn write_status(
@@ -874,6 +975,7 @@ fn conditions(consumer: &Consumer, outcome: &Outcome) -> Vec<Desired> {
 
 /// Deletes the Keycloak client (unless the Orphan policy says otherwise) and the Secret.
 async fn cleanup(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
+    ctx.verified.forget(&super::object_key(consumer));
     let realm = decide_client::realm(&ctx.settings.realm_template, &consumer.spec.tenant_id);
     let client_id = decide_client::client_id(consumer);
     let orphan = consumer

@@ -45,6 +45,8 @@ pub struct Context {
     pub stores: Stores,
     /// Whether those caches are filled.
     pub readiness: Arc<Readiness>,
+    /// The last full sync of each Consumer.
+    pub verified: consumer::VerifiedCache,
 }
 
 /// The reflector stores of every controller (one per watched namespace and kind).
@@ -247,6 +249,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         failures: std::sync::Mutex::default(),
         stores: Stores::default(),
         readiness: readiness.clone(),
+        verified: consumer::VerifiedCache::new(args.resync_interval),
     });
 
     let server = tokio::spawn(server::serve(
