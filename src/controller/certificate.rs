@@ -12,11 +12,11 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -51,7 +51,13 @@ pub async fn run(
             ),
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
-        let controller = Controller::new(certificates, watcher::Config::default())
+        let (reader, writer) = reflector::store();
+        let certificates = watcher(certificates, watcher::Config::default())
+            .default_backoff()
+            .modify(super::slim)
+            .reflect(writer)
+            .applied_objects();
+        let controller = Controller::for_stream(certificates, reader)
             .with_config(controller::Config::default().concurrency(concurrency))
             .shutdown_on_signal();
         let store = controller.store();

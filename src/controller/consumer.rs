@@ -12,11 +12,11 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -64,7 +64,13 @@ pub async fn run(
                 ),
                 None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
             };
-        let controller = Controller::new(consumers, watcher::Config::default())
+        let (reader, writer) = reflector::store();
+        let consumers = watcher(consumers, watcher::Config::default())
+            .default_backoff()
+            .modify(super::slim)
+            .reflect(writer)
+            .applied_objects();
+        let controller = Controller::for_stream(consumers, reader)
             .owns(secrets, secrets_config.clone())
             .watches(certificates, watcher::Config::default(), |certificate| {
                 let namespace = certificate.namespace().unwrap_or_default();

@@ -348,6 +348,15 @@ async fn forget_failures_on_recovery(
     }
 }
 
+/// Drops what the operator never reads before an object enters a cache: `managedFields` and
+/// kubectl's last-applied copy of the whole object are most of a small object's size.
+pub fn slim<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// A stream that yields once per Keycloak recovery, for `Controller::reconcile_all_on`.
 pub fn recovery_stream(
     recoveries: tokio::sync::watch::Receiver<u64>,
