@@ -14,8 +14,16 @@ use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
 
-/// How long before its expiry a token is replaced.
-const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// The longest a token is replaced before it expires.
+const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30);
+
+/// When a token issued at `issued` for `lifetime` is replaced: once nine tenths of its lifetime
+/// have passed, at the latest 30 s before it expires. A request never meets an expired token
+/// (requests take milliseconds) and there is one login per token lifetime, not two: Keycloak's
+/// default admin token lives 60 s, and a fixed 30 s margin would log in every 30 s.
+fn refresh_at(issued: Instant, lifetime: Duration) -> Instant {
+    issued + lifetime - (lifetime / 10).min(MAX_REFRESH_MARGIN)
+}
 
 /// Who the operator is in Keycloak. Read from a mounted Secret directory, never from a flag.
 #[derive(Clone)]
@@ -148,7 +156,7 @@ impl AdminToken {
         }
         let token: TokenResponse = response.json().await?;
         let lifetime = Duration::from_secs(token.expires_in);
-        let refresh_at = started + lifetime.saturating_sub(REFRESH_MARGIN).max(lifetime / 2);
+        let refresh_at = refresh_at(started, lifetime);
         tracing::debug!(realm = %self.realm, expires_in = token.expires_in, "admin login");
         Ok(Cached {
             access_token: token.access_token,
@@ -170,5 +178,21 @@ impl KeycloakTokenSupplier for AdminToken {
         let access_token = fresh.access_token.clone();
         *cached = Some(fresh);
         Ok(access_token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_replaced_once_nine_tenths_of_its_lifetime_passed() {
+        let issued = Instant::now();
+        let at = |secs| refresh_at(issued, Duration::from_secs(secs)) - issued;
+        assert_eq!(at(60), Duration::from_secs(54));
+        assert_eq!(at(5), Duration::from_millis(4500));
+        // A long-lived token is replaced at most 30 s before it expires.
+        assert_eq!(at(3600), Duration::from_secs(3570));
+        assert_eq!(at(0), Duration::ZERO);
     }
 }
