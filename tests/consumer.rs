@@ -728,3 +728,87 @@ async fn a_secret_of_that_name_owned_by_nobody_is_a_conflict_and_is_never_overwr
     let secret = world.secrets().get("partner-f-credentials").await.unwrap();
     assert_eq!(secret.data.unwrap()["client_secret"].0, b"someone-elses");
 }
+
+/// A confidential client of the master realm with service accounts enabled and the master
+/// realm's `admin` role: what a production install gives the operator instead of a user.
+/// Returns the client's id (for the clean-up) and its credentials as a credentials directory.
+async fn service_account_admin(
+    keycloak: &common::Keycloak,
+    client_id: &str,
+) -> (String, Vec<(&'static str, String)>) {
+    use reqwest::Method;
+    let secret = unique("svc-secret");
+    let client = json!({
+        "clientId": client_id,
+        "publicClient": false,
+        "serviceAccountsEnabled": true,
+        "standardFlowEnabled": false,
+        "directAccessGrantsEnabled": false,
+        "secret": secret,
+    });
+    let (status, body) = keycloak
+        .admin(Method::POST, "/master/clients", Some(client))
+        .await;
+    assert_eq!(status, 201, "create the service-account client: {body}");
+    let id = keycloak.clients("master", client_id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, user) = keycloak
+        .admin(
+            Method::GET,
+            &format!("/master/clients/{id}/service-account-user"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "service-account user: {user}");
+    let (status, role) = keycloak
+        .admin(Method::GET, "/master/roles/admin", None)
+        .await;
+    assert_eq!(status, 200, "the master realm's admin role: {role}");
+    let user_id = user["id"].as_str().unwrap();
+    let (status, body) = keycloak
+        .admin(
+            Method::POST,
+            &format!("/master/users/{user_id}/role-mappings/realm"),
+            Some(json!([role])),
+        )
+        .await;
+    assert_eq!(status, 204, "grant the admin role: {body}");
+    let files = vec![("client-id", client_id.to_owned()), ("client-secret", secret)];
+    (id, files)
+}
+
+#[tokio::test]
+async fn the_operator_can_log_in_to_keycloak_as_a_service_account_client() {
+    let mut world = World::new("svc").await;
+    let client_id = unique("consumer-operator-svc");
+    let (id, files) = service_account_admin(&world.keycloak, &client_id).await;
+    world.operator.stop();
+    world.operator = Operator::start_with_credentials(&files, &[&world.namespace], &[]);
+
+    world.apply("partner-s", json!({})).await.unwrap();
+    world.wait_ready("partner-s", "True").await;
+    let credentials = world.credentials("partner-s").await;
+    let claims = world
+        .token(&credentials, &credentials.client_secret)
+        .await
+        .unwrap();
+    assert_eq!(claims["consumer_id"], "partner-s");
+    let metrics = world.operator.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("consumer_operator_keycloak_requests_total")
+            && l.contains("operation=\"admin_login\"")
+            && l.contains("status=\"200\"")),
+        "no successful admin login in the metrics:\n{metrics}"
+    );
+
+    world
+        .keycloak
+        .admin(reqwest::Method::DELETE, &format!("/master/clients/{id}"), None)
+        .await;
+    let (_, service_secret) = files[1].clone();
+    world
+        .assert_no_secret_leaked(&[credentials.client_secret, service_secret])
+        .await;
+}

@@ -292,6 +292,15 @@ pub struct Operator {
     pub log: PathBuf,
     pub metrics_url: String,
     args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+/// The stack's bootstrap admin, as the files of a `--keycloak-admin-credentials-dir`.
+fn admin_user_files() -> Vec<(&'static str, String)> {
+    vec![
+        ("username", env("KEYCLOAK_ADMIN_USER")),
+        ("password", env("KEYCLOAK_ADMIN_PASSWORD")),
+    ]
 }
 
 impl Operator {
@@ -301,9 +310,39 @@ impl Operator {
     }
 
     pub fn start_with_keycloak(keycloak_url: &str, namespaces: &[&str], extra: &[&str]) -> Self {
+        let kubeconfig = PathBuf::from(env("KUBECONFIG"));
+        Self::launch(keycloak_url, kubeconfig, &admin_user_files(), namespaces, extra)
+    }
+
+    /// Like [`Operator::start`], but the operator reaches the API server with `kubeconfig` (e.g.
+    /// one from [`impersonating_kubeconfig`]).
+    pub fn start_with_kubeconfig(kubeconfig: &Path, namespaces: &[&str], extra: &[&str]) -> Self {
+        let url = env("KEYCLOAK_URL");
+        Self::launch(&url, kubeconfig.into(), &admin_user_files(), namespaces, extra)
+    }
+
+    /// Like [`Operator::start`], with these files (name, content) as the admin credentials
+    /// directory, e.g. `client-id` and `client-secret` of a service-account client.
+    pub fn start_with_credentials(
+        credentials: &[(&'static str, String)],
+        namespaces: &[&str],
+        extra: &[&str],
+    ) -> Self {
+        let kubeconfig = PathBuf::from(env("KUBECONFIG"));
+        Self::launch(&env("KEYCLOAK_URL"), kubeconfig, credentials, namespaces, extra)
+    }
+
+    fn launch(
+        keycloak_url: &str,
+        kubeconfig: PathBuf,
+        credentials: &[(&'static str, String)],
+        namespaces: &[&str],
+        extra: &[&str],
+    ) -> Self {
         let dir = tempdir("operator");
-        std::fs::write(dir.join("username"), env("KEYCLOAK_ADMIN_USER")).unwrap();
-        std::fs::write(dir.join("password"), env("KEYCLOAK_ADMIN_PASSWORD")).unwrap();
+        for (file, content) in credentials {
+            std::fs::write(dir.join(file), content).unwrap();
+        }
         let metrics_port = free_port();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -324,6 +363,7 @@ impl Operator {
             log: dir.join("operator.log"),
             metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
             args,
+            kubeconfig,
         };
         operator.spawn();
         operator
@@ -337,7 +377,7 @@ impl Operator {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_consumer-operator"))
             .args(&self.args)
-            .env("KUBECONFIG", env("KUBECONFIG"))
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,consumer_operator=debug")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -415,46 +455,6 @@ pub fn impersonating_kubeconfig(user: &str) -> PathBuf {
 }
 
 impl Operator {
-    /// Like [`Operator::start`], but the operator reaches the API server with `kubeconfig` (e.g.
-    /// one from [`impersonating_kubeconfig`]). NB: [`Operator::restart`] would go back to the
-    /// stack's admin kubeconfig; start a new one instead.
-    pub fn start_with_kubeconfig(kubeconfig: &Path, namespaces: &[&str], extra: &[&str]) -> Self {
-        let dir = tempdir("operator");
-        std::fs::write(dir.join("username"), env("KEYCLOAK_ADMIN_USER")).unwrap();
-        std::fs::write(dir.join("password"), env("KEYCLOAK_ADMIN_PASSWORD")).unwrap();
-        let metrics_port = free_port();
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--keycloak-url".into(),
-            env("KEYCLOAK_URL"),
-            "--keycloak-admin-credentials-dir".into(),
-            dir.display().to_string(),
-            "--watch-namespace".into(),
-            namespaces.join(","),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{metrics_port}"),
-            "--health-addr".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let log = dir.join("operator.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_consumer-operator"))
-            .args(&args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,consumer_operator=debug")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("start the operator");
-        Self {
-            child: Some(child),
-            log,
-            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
-            args,
-        }
-    }
-
     /// SIGKILL, as when a node dies: the operator releases nothing.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
