@@ -43,9 +43,14 @@ bench:
 	target/release/consumer-operator-bench memory --consumers 10000 --secrets 10000
 	target/release/consumer-operator-bench certificates --n 100 --grace-period 10s
 
-# Fault tests against the running local stack (not part of `make test`): a 300-consumer
-# onboarding during which the operator is SIGKILLed three times, then the audit.
+# Fault tests against the running local stack (not part of `make test`): four 1000-consumer
+# onboardings, each interrupted by one kind of crash (SIGKILL, then a start on the same data), each
+# ending with the audit: the operator three times, Keycloak, kube-apiserver, etcd.
+FAULT_SIZE ?= 1000
 faults:
 	cargo build --release
 	cd bench && cargo build --release
-	target/release/consumer-operator-bench faults --n 300 --operator-kills 3
+	target/release/consumer-operator-bench faults --n $(FAULT_SIZE) --operator-kills 3
+	target/release/consumer-operator-bench faults --n $(FAULT_SIZE) --keycloak-kill
+	target/release/consumer-operator-bench faults --n $(FAULT_SIZE) --apiserver-kill
+	target/release/consumer-operator-bench faults --n $(FAULT_SIZE) --etcd-kill

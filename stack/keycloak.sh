@@ -4,7 +4,8 @@
 # Usage:
 #   stack/keycloak.sh start <data-dir> <http-port> <management-port>
 #   stack/keycloak.sh stop  <data-dir>
-#   (stop also accepts, and ignores, the two ports, so a caller can pass the same arguments)
+#   stack/keycloak.sh kill  <data-dir>    (SIGKILL: a crash, for the fault benchmarks)
+#   (stop and kill also accept, and ignore, the two ports, so a caller can pass the same arguments)
 #
 # Each instance lives in <data-dir>: its own Keycloak home (a few MB of copied files plus a link to
 # the cached distribution's jars, so instances never write into each other's files), its H2
@@ -27,7 +28,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-  echo "usage: $0 start <data-dir> <http-port> <management-port> | stop <data-dir>" >&2
+  echo "usage: $0 start <data-dir> <http-port> <management-port> | stop|kill <data-dir>" >&2
   exit 2
 }
 
@@ -95,14 +96,15 @@ start() {
   log "keycloak ready on http://127.0.0.1:$http_port"
 }
 
-stop() {
+stop() { # DATA_DIR [SIGNAL]
   local dir=$1
   [ -d "$dir" ] || return 0
-  stop_pid "$dir/keycloak.pid" keycloak 60
+  stop_pid "$dir/keycloak.pid" keycloak 60 "${2:-TERM}"
 }
 
 case "${1:-}" in
   start) [ $# -eq 4 ] || usage; start "$2" "$3" "$4" ;;
   stop) [ $# -eq 2 ] || [ $# -eq 4 ] || usage; stop "$2" ;;
+  kill) [ $# -eq 2 ] || [ $# -eq 4 ] || usage; stop "$2" KILL ;;
   *) usage ;;
 esac

@@ -43,18 +43,19 @@ start_bg() {
   mv "$pidfile.tmp" "$pidfile"
 }
 
-# stop_pid PIDFILE NAME [TIMEOUT]: TERM to the process group, wait up to TIMEOUT seconds (default
-# 30), then KILL. Removes the pid file. A pid file of a process that is gone is just removed.
+# stop_pid PIDFILE NAME [TIMEOUT] [SIGNAL]: SIGNAL (default TERM) to the process group, wait up to
+# TIMEOUT seconds (default 30), then KILL. Removes the pid file. A pid file of a process that is
+# gone is just removed. With SIGNAL KILL the process gets no chance to clean up: a crash.
 stop_pid() {
-  local pidfile=$1 name=$2 timeout=${3:-30} pid
+  local pidfile=$1 name=$2 timeout=${3:-30} signal=${4:-TERM} pid
   if ! [ -s "$pidfile" ]; then
     rm -f "$pidfile" "$pidfile.start"
     return 0
   fi
   pid=$(cat "$pidfile")
   if is_running "$pidfile"; then
-    log "stopping $name (pid $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    log "stopping $name (pid $pid, SIG$signal)"
+    kill "-$signal" -- "-$pid" 2>/dev/null || kill "-$signal" "$pid" 2>/dev/null || true
     for _ in $(seq $((timeout * 10))); do
       group_alive "$pid" || break
       sleep 0.1
@@ -141,6 +142,19 @@ stack_pidfile() {
     keycloak) echo "$STACK_DIR/keycloak/keycloak.pid" ;;
     *) echo "$STACK_DIR/pids/$1.pid" ;;
   esac
+}
+
+# run_component NAME: starts a control-plane process of the stack (etcd, kube-apiserver,
+# kube-controller-manager) from the command line and health check stack/up.sh saved in
+# .stack/cmd/NAME, and waits until the check passes. stack/restart.sh uses the same file, so a
+# restarted process has the same flags, ports and data as the first one.
+run_component() {
+  local name=$1 health timeout cmd
+  # shellcheck disable=SC1090 # written by up.sh: health=..., timeout=..., cmd=(...)
+  . "$STACK_DIR/cmd/$name"
+  start_bg "$(stack_pidfile "$name")" "$STACK_DIR/logs/$name.log" "${cmd[@]}"
+  wait_until "$name" "$timeout" "$STACK_DIR/logs/$name.log" "$(stack_pidfile "$name")" \
+    bash -c "$health"
 }
 
 # stack_state: prints `running` (every process of the stack is alive and .stack/env exists),

@@ -5,7 +5,8 @@
 #
 # Binaries come from stack/build.sh (built once, then cached). Every start is a fresh cluster and
 # a fresh Keycloak: the state of the previous run (.stack/etcd, .stack/keycloak, .stack/pki) is
-# removed first. Logs are in .stack/logs/<name>.log, pids in .stack/pids/<name>.pid.
+# removed first. Logs are in .stack/logs/<name>.log, pids in .stack/pids/<name>.pid, and the command
+# lines of etcd, kube-apiserver and kube-controller-manager in .stack/cmd/<name> (stack/restart.sh).
 # If anything fails, what was started is stopped again and the script exits non-zero.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -26,11 +27,25 @@ ETCD_BIN=$STACK_CACHE/etcd-$ETCD_VERSION/bin
 HELM_BIN=$STACK_CACHE/helm-$HELM_VERSION/bin
 
 rm -rf "$STACK_DIR/etcd" "$STACK_DIR/keycloak" "$STACK_DIR/pki" "$STACK_DIR/pids" \
-  "$STACK_DIR/logs" "$STACK_DIR/env" "$STACK_DIR/kubeconfig" "$STACK_DIR/admin-credentials"
-mkdir -p "$STACK_DIR/pki" "$STACK_DIR/pids" "$STACK_DIR/logs"
+  "$STACK_DIR/cmd" "$STACK_DIR/logs" "$STACK_DIR/env" "$STACK_DIR/kubeconfig" \
+  "$STACK_DIR/admin-credentials"
+mkdir -p "$STACK_DIR/pki" "$STACK_DIR/pids" "$STACK_DIR/logs" "$STACK_DIR/cmd"
 PKI=$STACK_DIR/pki
 LOGS=$STACK_DIR/logs
 PIDS=$STACK_DIR/pids
+
+# start_component NAME TIMEOUT HEALTH CMD...: saves CMD and the shell command HEALTH in
+# .stack/cmd/NAME (for stack/restart.sh), starts CMD and waits up to TIMEOUT seconds for HEALTH.
+start_component() {
+  local name=$1 timeout=$2 health=$3
+  shift 3
+  {
+    printf 'health=%q\ntimeout=%q\ncmd=(' "$health" "$timeout"
+    printf ' %q' "$@"
+    printf ' )\n'
+  } >"$STACK_DIR/cmd/$name"
+  run_component "$name"
+}
 
 # From here on, a failure stops whatever was already started.
 keycloak_job=
@@ -117,21 +132,22 @@ chmod 600 "$STACK_DIR/kubeconfig"
 
 # --- etcd
 ETCD_URL=http://127.0.0.1:$ETCD_PORT
-start_bg "$PIDS/etcd.pid" "$LOGS/etcd.log" "$ETCD_BIN/etcd" --name=stack \
+start_component etcd 60 "curl -sf '$ETCD_URL/health' | grep -q '\"health\":\"true\"'" \
+  "$ETCD_BIN/etcd" --name=stack \
   --data-dir="$STACK_DIR/etcd" --listen-client-urls="$ETCD_URL" \
   --advertise-client-urls="$ETCD_URL" \
   --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-cluster="stack=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync=true \
   --log-level=warn
-wait_until etcd 60 "$LOGS/etcd.log" "$PIDS/etcd.pid" \
-  sh -c "curl -sf '$ETCD_URL/health' | grep -q '\"health\":\"true\"'"
 log "etcd ready on $ETCD_URL"
 
 # --- kube-apiserver. The endpoint reconciler would publish the advertise address as the
 # `kubernetes` Service's endpoint and refuses a loopback one; nothing runs in a pod here, so it
 # is off.
-start_bg "$PIDS/kube-apiserver.pid" "$LOGS/kube-apiserver.log" "$KUBE_BIN/kube-apiserver" \
+READYZ="curl -sf --cacert '$PKI/ca.crt' --cert '$PKI/admin.crt' --key '$PKI/admin.key'"
+READYZ+=" '$KUBE_APISERVER_URL/readyz' | grep -qx ok"
+start_component kube-apiserver 180 "$READYZ" "$KUBE_BIN/kube-apiserver" \
   --etcd-servers="$ETCD_URL" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
   --secure-port="$APISERVER_PORT" --cert-dir="$PKI/apiserver-generated" \
   --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -140,16 +156,11 @@ start_bg "$PIDS/kube-apiserver.pid" "$LOGS/kube-apiserver.log" "$KUBE_BIN/kube-a
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true --profiling=false \
   --endpoint-reconciler-type=none
-readyz() {
-  curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-    "$KUBE_APISERVER_URL/readyz" | grep -qx ok
-}
-wait_until kube-apiserver 180 "$LOGS/kube-apiserver.log" "$PIDS/kube-apiserver.pid" readyz
 log "kube-apiserver ready on $KUBE_APISERVER_URL"
 
 # --- kube-controller-manager: every default controller, the garbage collector and the namespace
 # controller among them, as the admin (no per-controller service accounts to keep it simple).
-start_bg "$PIDS/kube-controller-manager.pid" "$LOGS/kube-controller-manager.log" \
+start_component kube-controller-manager 120 "curl -sfk 'https://127.0.0.1:$KCM_PORT/healthz'" \
   "$KUBE_BIN/kube-controller-manager" --kubeconfig="$STACK_DIR/kubeconfig" \
   --authentication-kubeconfig="$STACK_DIR/kubeconfig" \
   --authorization-kubeconfig="$STACK_DIR/kubeconfig" \
@@ -158,8 +169,6 @@ start_bg "$PIDS/kube-controller-manager.pid" "$LOGS/kube-controller-manager.log"
   --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
   --profiling=false
-wait_until kube-controller-manager 120 "$LOGS/kube-controller-manager.log" \
-  "$PIDS/kube-controller-manager.pid" curl -sfk "https://127.0.0.1:$KCM_PORT/healthz"
 log "kube-controller-manager ready"
 
 wait "$keycloak_job" || die "keycloak did not start (see $LOGS/keycloak.log)"

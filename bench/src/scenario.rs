@@ -78,20 +78,46 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, clap::Args)]
 pub struct FaultArgs {
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1000)]
     n: usize,
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     #[arg(long, default_value_t = 32)]
     operator_concurrency: u16,
     /// SIGKILL the operator (and start it again) this many times during the onboarding.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 0)]
     operator_kills: usize,
-    /// Also stop and start the private Keycloak once during the onboarding.
+    /// SIGKILL the private Keycloak once during the onboarding, then start it on the same data.
     #[arg(long)]
-    keycloak_restart: bool,
+    keycloak_kill: bool,
+    /// SIGKILL the stack's kube-apiserver once during the onboarding, then start it again.
+    #[arg(long)]
+    apiserver_kill: bool,
+    /// SIGKILL the stack's etcd once during the onboarding, then start it on the same data.
+    #[arg(long)]
+    etcd_kill: bool,
     #[arg(long, default_value_t = 1800)]
     timeout: u64,
+}
+
+/// One fault injected during an onboarding. Each is a crash (SIGKILL) followed by a start.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Operator,
+    Keycloak,
+    /// A control-plane process of the stack, restarted by `stack/restart.sh`.
+    ControlPlane(&'static str),
+}
+
+impl FaultArgs {
+    /// The faults in the order they are injected, spread evenly over the onboarding.
+    fn plan(&self) -> Vec<Fault> {
+        let mut plan = vec![Fault::Operator; self.operator_kills];
+        plan.extend(self.keycloak_kill.then_some(Fault::Keycloak));
+        plan.extend(self.apiserver_kill.then_some(Fault::ControlPlane("kube-apiserver")));
+        plan.extend(self.etcd_kill.then_some(Fault::ControlPlane("etcd")));
+        plan
+    }
 }
 
 /// The `gostoa.dev/v1alpha1` Consumer manifest the benchmark applies.
@@ -217,14 +243,17 @@ async fn apply_consumers(
             async move {
                 let name = consumer_name(i);
                 let body = manifest(&name, tenant);
+                // Long enough for the API server or etcd to start again after a crash.
+                let deadline = Instant::now() + Duration::from_secs(180);
                 let mut attempt = 0;
                 loop {
                     match api.patch(&name, &params, &Patch::Apply(&body)).await {
                         Ok(_) => return Ok(()),
-                        Err(e) if attempt < 5 => {
+                        Err(e) if Instant::now() < deadline => {
                             attempt += 1;
                             eprintln!("apply {name}: {e}; retrying");
-                            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                            let backoff = Duration::from_millis(250 * attempt.min(8));
+                            tokio::time::sleep(backoff).await;
                         }
                         Err(e) => return Err(anyhow::anyhow!("apply {name}: {e}")),
                     }
@@ -690,46 +719,31 @@ async fn faults_in(
         let concurrency = args.concurrency;
         tokio::spawn(async move { apply_consumers(&api, &tenant, n, concurrency).await })
     };
+    let plan = args.plan();
     let mut faults = Vec::new();
-    for k in 1..=args.operator_kills {
-        let at = n * k / (args.operator_kills + args.keycloak_restart as usize + 1);
+    for (i, fault) in plan.iter().enumerate() {
+        let at = n * (i + 1) / (plan.len() + 1);
         tracker
             .wait_for(at, Duration::from_secs(args.timeout))
             .await?;
-        operator.respawn_after_kill()?;
-        faults.push(
-            json!({"fault": "operator SIGKILL", "ready_at_kill": tracker.ready(),
-            "seconds": started.elapsed().as_secs_f64()}),
-        );
-    }
-    if args.keycloak_restart {
-        let at = n * (args.operator_kills + 1) / (args.operator_kills + 2);
-        tracker
-            .wait_for(at, Duration::from_secs(args.timeout))
-            .await?;
-        let dir = keycloak
-            .private_dir()
-            .context("a private Keycloak")?
-            .display()
-            .to_string();
-        let ready_at_stop = tracker.ready();
-        let stopped = Instant::now();
-        keycloak.stop();
-        let port = |url: &str| url.rsplit(':').next().unwrap_or_default().to_owned();
-        let status = std::process::Command::new(env.get("KEYCLOAK_SH"))
-            .args([
-                "start",
-                &dir,
-                &port(&keycloak.url),
-                &port(&keycloak.management_url),
-            ])
-            .envs(&env.0)
-            .status()?;
-        anyhow::ensure!(status.success(), "Keycloak did not start again");
-        faults.push(
-            json!({"fault": "Keycloak stop and start", "ready_at_stop": ready_at_stop,
-            "downtime_seconds": stopped.elapsed().as_secs_f64()}),
-        );
+        let ready_at_fault = tracker.ready();
+        let at_seconds = started.elapsed().as_secs_f64();
+        let crashed = Instant::now();
+        match fault {
+            Fault::Operator => operator.respawn_after_kill()?,
+            Fault::Keycloak => restart_keycloak(env, keycloak)?,
+            Fault::ControlPlane(name) => {
+                let script = stack::repo_root().join("stack/restart.sh");
+                let status = std::process::Command::new(script).arg(name).status()?;
+                anyhow::ensure!(status.success(), "stack/restart.sh {name} failed");
+            }
+        }
+        faults.push(json!({
+            "fault": format!("{fault:?} SIGKILL and start"),
+            "ready_at_fault": ready_at_fault,
+            "at_seconds": at_seconds,
+            "seconds_until_started_again": crashed.elapsed().as_secs_f64(),
+        }));
     }
     let apply_seconds = applying.await??;
     tracker
@@ -740,12 +754,17 @@ async fn faults_in(
     let kc_after = keycloak.metrics().await?;
 
     let mut audit = audit(client, keycloak, &tenant, n).await?;
-    let requests = if args.keycloak_restart {
+    let requests = if args.keycloak_kill {
         // Keycloak's counters start from zero when it starts again: no diff is meaningful.
         json!("not measured: the Keycloak restart reset its counters")
     } else {
         json!(admin_requests(&kc_before, &kc_after))
     };
+    anyhow::ensure!(
+        operator.is_running(),
+        "the operator exited during the run (see {})",
+        operator.log.display()
+    );
     let extra = json!({
         "scenario": "faults",
         "n": n,
@@ -765,6 +784,25 @@ async fn faults_in(
     drop(operator);
     discard_namespace(client, &tenant).await;
     Ok(audit)
+}
+
+/// SIGKILLs the private Keycloak and starts it again on the same data and ports.
+fn restart_keycloak(env: &Env, keycloak: &Keycloak) -> anyhow::Result<()> {
+    let dir = keycloak
+        .private_dir()
+        .context("a private Keycloak")?
+        .display()
+        .to_string();
+    let port = |url: &str| url.rsplit(':').next().unwrap_or_default().to_owned();
+    let ports = [port(&keycloak.url), port(&keycloak.management_url)];
+    for action in ["kill", "start"] {
+        let status = std::process::Command::new(env.get("KEYCLOAK_SH"))
+            .args([action, &dir, &ports[0], &ports[1]])
+            .envs(&env.0)
+            .status()?;
+        anyhow::ensure!(status.success(), "stack/keycloak.sh {action} failed");
+    }
+    Ok(())
 }
 
 /// Every Consumer Ready; exactly one Keycloak client per Consumer, owned by it; no client of the

@@ -444,6 +444,13 @@ impl Operator {
         }
     }
 
+    /// Whether the process started last is still alive (a fault must not have ended it).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none())
+    }
+
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.spawn()
