@@ -18,7 +18,11 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, wait::await_condition, watcher},
+    runtime::{
+        WatchStreamExt,
+        wait::{await_condition, conditions},
+        watcher,
+    },
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -1235,4 +1239,121 @@ async fn a_fingerprint_conflict_holds_across_an_operator_restart() {
     }
     let last = versions.last().expect("the watch saw the certificate");
     assert_eq!(ready(last), Some(("False", "FingerprintConflict")));
+}
+
+#[tokio::test]
+async fn a_deleted_certificate_leaves_the_tokens_before_the_object_goes() {
+    let world = World::new("ccert").await;
+    let credentials = world.consumer("partner-del").await;
+    let ca = TestCa::new();
+    let kept = ca.issue_for("partner-del", 90 * DAY);
+    let deleted = ca.issue_for("partner-del", 180 * DAY);
+    for (name, certificate) in [("kept", &kept), ("deleted", &deleted)] {
+        let spec = json!({ "pem": certificate.pem });
+        world
+            .apply_certificate(name, "partner-del", spec)
+            .await
+            .unwrap();
+        world.wait_ready(name, "True", "Valid").await;
+    }
+    let both = sorted(&[&kept.x5t_s256(), &deleted.x5t_s256()]);
+    world
+        .wait_claims(&credentials, "both thumbprints in a token", WAIT, |c| {
+            accepted_in_token(c) == both
+        })
+        .await;
+
+    let uid = world
+        .certificates()
+        .get("deleted")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    world
+        .certificates()
+        .delete("deleted", &Default::default())
+        .await
+        .unwrap();
+    let gone = await_condition(
+        world.certificates(),
+        "deleted",
+        conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .unwrap_or_else(|_| panic!("the certificate was not deleted\n{}", world.log_tail()))
+        .unwrap();
+
+    // The finalizer unbinds before it lets the object go: the first token afterwards is clean.
+    let claims = world.claims(&credentials).await;
+    assert_eq!(accepted_in_token(&claims), vec![kept.x5t_s256()]);
+    assert_eq!(cnf(&claims), Some(kept.x5t_s256().as_str()));
+
+    let uid = world
+        .certificates()
+        .get("kept")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    world
+        .certificates()
+        .delete("kept", &Default::default())
+        .await
+        .unwrap();
+    let gone = await_condition(world.certificates(), "kept", conditions::is_deleted(&uid));
+    tokio::time::timeout(WAIT, gone).await.unwrap().unwrap();
+    let claims = world.claims(&credentials).await;
+    assert!(
+        claims.get("cnf").is_none() && claims.get("x5t_s256_accepted").is_none(),
+        "no binding is left once the last certificate is gone: {claims}"
+    );
+}
+
+#[tokio::test]
+async fn the_api_server_enforces_the_certificate_rules_with_the_field_named() {
+    let world = World::new("ccert").await;
+    let ca = TestCa::new();
+    let pem = ca.issue_for("partner-rules", 90 * DAY).pem;
+    let source = json!({ "name": "partner-rules-tls" });
+    let cases = [
+        ("no source", json!({}), "exactly one of pem and secretRef"),
+        (
+            "two sources",
+            json!({ "pem": pem, "secretRef": source }),
+            "exactly one of pem and secretRef",
+        ),
+        (
+            "a grace below 1s",
+            json!({ "pem": pem, "gracePeriod": "500ms" }),
+            "gracePeriod",
+        ),
+        (
+            "a grace over 720h",
+            json!({ "pem": pem, "gracePeriod": "721h" }),
+            "gracePeriod",
+        ),
+    ];
+
+    for (what, spec, expected) in cases {
+        let error = world
+            .apply_certificate("rules", "partner-rules", spec)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{what}: {error}");
+    }
+
+    world
+        .apply_certificate("rules", "partner-rules", json!({ "pem": pem }))
+        .await
+        .unwrap();
+    let moved = world
+        .apply_certificate("rules", "someone-else", json!({ "pem": pem }))
+        .await
+        .unwrap_err();
+    assert!(
+        moved.to_string().contains("consumerRef.name is immutable"),
+        "{moved}"
+    );
 }

@@ -85,9 +85,25 @@ impl World {
             .await
     }
 
-    /// No client secret ever written into a Secret of this test appears in the operator's log
-    /// or in the namespace's events.
+    /// No client secret appears in the operator's log, the namespace's events or a Consumer:
+    /// neither `secrets` (those the test saw come and go) nor any in the namespace's Secrets now.
     async fn assert_no_secret_leaked(&self, secrets: &[String]) {
+        let mut secrets = secrets.to_vec();
+        for secret in self
+            .secrets()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+        {
+            let data = secret.data.unwrap_or_default();
+            for key in ["client_secret", "previous_client_secret"] {
+                secrets.extend(
+                    data.get(key)
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned()),
+                );
+            }
+        }
         let logs = self.operator.logs();
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.namespace);
@@ -234,6 +250,7 @@ async fn a_suspended_consumer_cannot_get_a_token_until_it_is_active_again() {
         world.credentials("partner-s").await.client_secret,
         credentials.client_secret
     );
+    world.assert_no_secret_leaked(&[]).await;
 }
 
 #[tokio::test]
@@ -263,6 +280,7 @@ async fn a_blocked_consumer_cannot_get_a_token_and_cannot_be_made_active_again()
         refused.to_string().contains("Blocked is final"),
         "{refused}"
     );
+    world.assert_no_secret_leaked(&[]).await;
 }
 
 #[tokio::test]
@@ -285,9 +303,18 @@ async fn raising_the_revision_rotates_and_the_previous_secret_works_until_the_gr
         )
         .await
         .unwrap();
-    world.wait_ready("partner-r", "True").await;
+    let rotated = world.wait_ready("partner-r", "True").await;
     let after = world.credentials("partner-r").await;
 
+    let status = rotated.status.unwrap().credentials.unwrap();
+    assert_eq!(status.revision, 1);
+    let time = |t: Option<String>| chrono::DateTime::parse_from_rfc3339(&t.unwrap()).unwrap();
+    let valid_until = time(status.previous_valid_until);
+    let grace = valid_until - time(status.rotated_at);
+    assert!(
+        (grace - chrono::TimeDelta::seconds(8)).abs() <= chrono::TimeDelta::seconds(1),
+        "{grace}"
+    );
     assert_ne!(after.client_secret, before.client_secret);
     assert_eq!(
         after.previous_client_secret.as_deref(),
@@ -302,19 +329,24 @@ async fn raising_the_revision_rotates_and_the_previous_secret_works_until_the_gr
         "the previous one still works"
     );
 
-    eventually(
+    let stopped = eventually(
         "the previous secret to stop working",
         Duration::from_secs(30),
         || async {
-            world
-                .token(&after, &before.client_secret)
-                .await
-                .is_err()
-                .then_some(())
+            let failed = world.token(&after, &before.client_secret).await.is_err();
+            failed.then(chrono::Utc::now)
         },
     )
     .await;
+    // Ended by a timed requeue, not by the next resync: at most a few seconds late.
+    let late = stopped.signed_duration_since(valid_until);
+    assert!(
+        late > chrono::TimeDelta::seconds(-1) && late < chrono::TimeDelta::seconds(5),
+        "the previous secret worked until {late} after previousValidUntil"
+    );
     assert!(world.token(&after, &after.client_secret).await.is_ok());
+    let (notes, count) = world.events("CredentialsRotated").await;
+    assert_eq!(count, 1, "one CredentialsRotated event: {notes:?}");
     let settled = eventually(
         "previous_client_secret to leave the Secret",
         Duration::from_secs(10),
@@ -352,9 +384,26 @@ fn keycloak_writes(metrics: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The number of Keycloak requests of `operation` in the operator's metrics, any status.
+fn keycloak_requests(metrics: &str, operation: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("consumer_operator_keycloak_requests_total"))
+        .filter(|l| l.contains(&format!("operation=\"{operation}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The World's operator, started again with a resync every `interval`.
+fn resync_every(world: &mut World, interval: &str) {
+    world.operator.stop();
+    world.operator = Operator::start(&[&world.namespace], &["--resync-interval", interval]);
+}
+
 #[tokio::test]
 async fn updates_reach_keycloak_and_an_unchanged_consumer_makes_no_keycloak_write() {
     let mut world = World::new("cons").await;
+    resync_every(&mut world, "3s");
     world.apply("partner-u", json!({})).await.unwrap();
     world.wait_ready("partner-u", "True").await;
 
@@ -377,18 +426,38 @@ async fn updates_reach_keycloak_and_an_unchanged_consumer_makes_no_keycloak_writ
     );
     assert_eq!(client["attributes"]["gostoa.dev/metadata.tier"], "gold");
 
-    let writes_before = keycloak_writes(&world.operator.metrics().await);
+    // Unchanged: the same manifest again, a label (a watch event, no spec change), and two
+    // resyncs, each a full comparison with what Keycloak holds.
+    let before = world.operator.metrics().await;
     world.apply("partner-u", spec).await.unwrap();
-    world.operator.restart();
-    let metrics_after_restart = eventually("a reconcile after the restart", WAIT, || async {
+    let label = json!({"metadata": {"labels": {"team": "payments"}}});
+    world
+        .consumers()
+        .patch("partner-u", &PatchParams::default(), &Patch::Merge(label))
+        .await
+        .unwrap();
+    let lookups = keycloak_requests(&before, "find_client");
+    let after = eventually("two resyncs that read the client", WAIT, || async {
         let metrics = world.operator.metrics().await;
-        metrics
-            .contains("consumer_operator_reconciles_total{kind=\"Consumer\"}")
-            .then_some(metrics)
+        (keycloak_requests(&metrics, "find_client") >= lookups + 2).then_some(metrics)
     })
     .await;
+    assert!(
+        keycloak_writes(&before) > 0,
+        "the update itself was a write"
+    );
+    assert_eq!(
+        keycloak_writes(&after),
+        keycloak_writes(&before),
+        "no Keycloak write for an unchanged Consumer:\n{after}"
+    );
 
-    assert!(writes_before > 0, "the update itself was a write");
+    world.operator.restart();
+    let metrics_after_restart = eventually("a full sync after the restart", WAIT, || async {
+        let metrics = world.operator.metrics().await;
+        (keycloak_requests(&metrics, "find_client") >= 1).then_some(metrics)
+    })
+    .await;
     assert_eq!(
         keycloak_writes(&metrics_after_restart),
         0,
@@ -444,49 +513,109 @@ async fn the_same_consumer_in_a_second_namespace_is_a_conflict_that_changes_noth
         first.client_secret
     );
     assert!(world.token(&first, &first.client_secret).await.is_ok());
+    world.assert_no_secret_leaked(&[]).await;
+}
+
+impl World {
+    /// The namespace's events with `reason`: their notes, and how often they happened (an
+    /// event that repeats within minutes is one Event with a `series` count, as in client-go).
+    async fn events(&self, reason: &str) -> (Vec<String>, i32) {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let events = events.list(&Default::default()).await.unwrap().items;
+        let matching: Vec<_> = events
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+        let count = matching
+            .iter()
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum();
+        (matching.into_iter().filter_map(|e| e.note).collect(), count)
+    }
+
+    /// The Keycloak client of the Consumer `name`, as Keycloak holds it.
+    async fn keycloak_client(&self, name: &str) -> Value {
+        let client_id = format!("{}-{name}", self.tenant);
+        let mut clients = self.keycloak.clients(&self.tenant, &client_id).await;
+        assert_eq!(clients.len(), 1, "exactly one client {client_id}");
+        clients.remove(0)
+    }
 }
 
 #[tokio::test]
-async fn a_client_deleted_in_keycloak_is_created_again_and_its_new_credentials_work() {
-    let world = World::new("cons").await;
+async fn a_client_deleted_or_edited_in_keycloak_is_put_back_by_the_resync() {
+    let mut world = World::new("cons").await;
+    resync_every(&mut world, "3s");
     world.apply("partner-d", json!({})).await.unwrap();
     world.wait_ready("partner-d", "True").await;
     let before = world.credentials("partner-d").await;
-    let uuid = world
-        .keycloak
-        .clients(&world.tenant, &before.client_id)
-        .await[0]["id"]
+    let uuid = world.keycloak_client("partner-d").await["id"]
         .as_str()
         .unwrap()
         .to_owned();
 
+    // Deleted by hand; nothing changes in the cluster.
+    let path = format!("/{}/clients/{uuid}", world.tenant);
     world
         .keycloak
-        .admin(
-            reqwest::Method::DELETE,
-            &format!("/{}/clients/{uuid}", world.tenant),
-            None,
-        )
+        .admin(reqwest::Method::DELETE, &path, None)
         .await;
-    world
-        .apply("partner-d", json!({"description": "poke"}))
-        .await
-        .unwrap();
 
     let after = eventually("the client and a new secret", WAIT, || async {
         let credentials = world.credentials("partner-d").await;
         (credentials.client_secret != before.client_secret).then_some(credentials)
     })
     .await;
+    let recreated = world.keycloak_client("partner-d").await;
+    assert_ne!(recreated["id"], uuid.as_str());
+    assert!(world.token(&after, &after.client_secret).await.is_ok());
+    // The status is the reconcile's last write, after its events.
+    eventually("the new client in the status", WAIT, || async {
+        let consumer = world.consumers().get("partner-d").await.unwrap();
+        let status_uuid = consumer.status.and_then(|s| s.keycloak_client_uuid);
+        (status_uuid.as_deref() == recreated["id"].as_str()).then_some(())
+    })
+    .await;
+    let (notes, corrections) = world.events("DriftCorrected").await;
+    assert!(
+        notes.iter().any(|n| n.contains("was missing")),
+        "a DriftCorrected event for the deleted client: {notes:?}"
+    );
+
+    // Edited by hand: renamed and given a flow the contract forbids.
+    let mut edited = recreated.clone();
+    edited["name"] = json!("hijacked");
+    edited["directAccessGrantsEnabled"] = json!(true);
+    let path = format!(
+        "/{}/clients/{}",
+        world.tenant,
+        recreated["id"].as_str().unwrap()
+    );
+    let (status, body) = world
+        .keycloak
+        .admin(reqwest::Method::PUT, &path, Some(edited))
+        .await;
+    assert_eq!(status, 204, "edit the client by hand: {body}");
+
+    let repaired = eventually("the edit to be undone", WAIT, || async {
+        let client = world.keycloak_client("partner-d").await;
+        (client["name"] == "Partner partner-d").then_some(client)
+    })
+    .await;
+    assert_eq!(repaired["directAccessGrantsEnabled"], false);
+    eventually("a second DriftCorrected, for the edit", WAIT, || async {
+        (world.events("DriftCorrected").await.1 == corrections + 1).then_some(())
+    })
+    .await;
     assert_eq!(
-        world
-            .keycloak
-            .clients(&world.tenant, &before.client_id)
-            .await
-            .len(),
-        1
+        world.credentials("partner-d").await.client_secret,
+        after.client_secret
     );
     assert!(world.token(&after, &after.client_secret).await.is_ok());
+    world
+        .assert_no_secret_leaked(&[before.client_secret, after.client_secret])
+        .await;
 }
 
 #[tokio::test]
@@ -533,6 +662,7 @@ async fn a_deleted_or_edited_secret_is_restored_from_keycloak_without_rotating()
             .await
             .is_ok()
     );
+    world.assert_no_secret_leaked(&[]).await;
 }
 
 #[tokio::test]
@@ -696,6 +826,7 @@ async fn a_client_made_by_hand_is_adopted_only_with_the_adopt_annotation() {
             .await
             .is_ok()
     );
+    world.assert_no_secret_leaked(&[]).await;
 }
 
 #[tokio::test]
@@ -775,7 +906,10 @@ async fn service_account_admin(
         )
         .await;
     assert_eq!(status, 204, "grant the admin role: {body}");
-    let files = vec![("client-id", client_id.to_owned()), ("client-secret", secret)];
+    let files = vec![
+        ("client-id", client_id.to_owned()),
+        ("client-secret", secret),
+    ];
     (id, files)
 }
 
@@ -797,15 +931,21 @@ async fn the_operator_can_log_in_to_keycloak_as_a_service_account_client() {
     assert_eq!(claims["consumer_id"], "partner-s");
     let metrics = world.operator.metrics().await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("consumer_operator_keycloak_requests_total")
-            && l.contains("operation=\"admin_login\"")
-            && l.contains("status=\"200\"")),
+        metrics.lines().any(
+            |l| l.starts_with("consumer_operator_keycloak_requests_total")
+                && l.contains("operation=\"admin_login\"")
+                && l.contains("status=\"200\"")
+        ),
         "no successful admin login in the metrics:\n{metrics}"
     );
 
     world
         .keycloak
-        .admin(reqwest::Method::DELETE, &format!("/master/clients/{id}"), None)
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/master/clients/{id}"),
+            None,
+        )
         .await;
     let (_, service_secret) = files[1].clone();
     world

@@ -8,6 +8,7 @@ use std::{process::Command, time::Duration};
 
 use common::{Keycloak, Operator, create_namespace, env, free_port, kube_client, tempdir, unique};
 use consumer_operator::api::Consumer;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -62,8 +63,46 @@ fn reason(consumer: &Consumer) -> Option<String> {
     Some(format!("{}/{}", ready.status, ready.reason))
 }
 
+fn manifest(name: &str, tenant: &str, display_name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "gostoa.dev/v1alpha1",
+        "kind": "Consumer",
+        "metadata": { "name": name },
+        "spec": {
+            "externalId": name,
+            "tenantId": tenant,
+            "name": display_name,
+            "email": "ops@example.org",
+        },
+    })
+}
+
+async fn apply(consumers: &Api<Consumer>, name: &str, tenant: &str, display_name: &str) {
+    let params = PatchParams::apply("tests").force();
+    let manifest = manifest(name, tenant, display_name);
+    consumers
+        .patch(name, &params, &Patch::Apply(manifest))
+        .await
+        .unwrap();
+}
+
+/// Waits until the Consumer's Ready condition reads `status/reason` for its latest generation.
+async fn wait_for(consumers: &Api<Consumer>, name: &str, wanted: &str, operator: &Operator) {
+    let reached = await_condition(consumers.clone(), name, |c: Option<&Consumer>| {
+        c.is_some_and(|c| {
+            let generation = c.metadata.generation;
+            let seen = c.status.as_ref().and_then(|s| s.observed_generation) == generation;
+            seen && reason(c).as_deref() == Some(wanted)
+        })
+    });
+    tokio::time::timeout(Duration::from_secs(120), reached)
+        .await
+        .unwrap_or_else(|_| panic!("{name} never said {wanted}:\n{}", operator.logs()))
+        .unwrap();
+}
+
 #[tokio::test]
-async fn consumers_applied_while_keycloak_is_down_become_ready_once_it_is_back() {
+async fn consumers_survive_keycloak_outages_and_become_ready_once_it_is_back() {
     let client = kube_client().await;
     common::apply_crds(&client).await;
     let namespace = unique("outage");
@@ -74,51 +113,62 @@ async fn consumers_applied_while_keycloak_is_down_become_ready_once_it_is_back()
     let consumers: Api<Consumer> = Api::namespaced(client.clone(), &namespace);
     let names: Vec<String> = (0..5).map(|i| format!("partner-{i}")).collect();
 
+    // Applied before Keycloak ever answered.
     for name in &names {
-        let manifest = json!({
-            "apiVersion": "gostoa.dev/v1alpha1",
-            "kind": "Consumer",
-            "metadata": { "name": name },
-            "spec": { "externalId": name, "tenantId": tenant, "name": name, "email": "ops@example.org" },
-        });
-        let params = PatchParams::apply("tests").force();
-        consumers
-            .patch(name, &params, &Patch::Apply(manifest))
-            .await
-            .unwrap();
+        apply(&consumers, name, &tenant, name).await;
     }
     for name in &names {
-        let unavailable = await_condition(consumers.clone(), name, |c: Option<&Consumer>| {
-            c.and_then(reason).as_deref() == Some("False/KeycloakUnavailable")
-        });
-        tokio::time::timeout(Duration::from_secs(60), unavailable)
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{name} never said KeycloakUnavailable:\n{}",
-                    operator.logs()
-                )
-            })
-            .unwrap();
+        wait_for(&consumers, name, "False/KeycloakUnavailable", &operator).await;
     }
-
     keycloak.run("start");
-    Keycloak::at(&keycloak.url()).create_realm(&tenant).await;
-
-    for name in &names {
-        let ready = await_condition(consumers.clone(), name, |c: Option<&Consumer>| {
-            c.and_then(reason).as_deref() == Some("True/Reconciled")
-        });
-        tokio::time::timeout(Duration::from_secs(120), ready)
-            .await
-            .unwrap_or_else(|_| panic!("{name} did not become Ready:\n{}", operator.logs()))
-            .unwrap();
-    }
     let admin = Keycloak::at(&keycloak.url());
+    admin.create_realm(&tenant).await;
     for name in &names {
+        wait_for(&consumers, name, "True/Reconciled", &operator).await;
+    }
+
+    // Down again, now that the clients exist: a change and a new Consumer wait for it.
+    keycloak.run("stop");
+    apply(&consumers, "partner-0", &tenant, "Partner 0 renamed").await;
+    apply(&consumers, "partner-new", &tenant, "partner-new").await;
+    for name in ["partner-0", "partner-new"] {
+        wait_for(&consumers, name, "False/KeycloakUnavailable", &operator).await;
+    }
+    keycloak.run("start");
+    let all: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .chain(["partner-new"])
+        .collect();
+    for name in &all {
+        wait_for(&consumers, name, "True/Reconciled", &operator).await;
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    for name in &all {
         let clients = admin.clients(&tenant, &format!("{tenant}-{name}")).await;
         assert_eq!(clients.len(), 1, "exactly one client for {name}");
+        let data = secrets
+            .get(&format!("{name}-credentials"))
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+        let token = admin
+            .token(
+                &text("token_url"),
+                &text("client_id"),
+                &text("client_secret"),
+            )
+            .await;
+        assert!(
+            token.is_ok(),
+            "{name}'s credentials obtain a token: {token:?}"
+        );
     }
+    let renamed = admin.clients(&tenant, &format!("{tenant}-partner-0")).await;
+    assert_eq!(renamed[0]["name"], "Partner 0 renamed");
     assert!(
         !operator.logs().contains("panicked"),
         "the operator did not crash"

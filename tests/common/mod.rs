@@ -311,14 +311,26 @@ impl Operator {
 
     pub fn start_with_keycloak(keycloak_url: &str, namespaces: &[&str], extra: &[&str]) -> Self {
         let kubeconfig = PathBuf::from(env("KUBECONFIG"));
-        Self::launch(keycloak_url, kubeconfig, &admin_user_files(), namespaces, extra)
+        Self::launch(
+            keycloak_url,
+            kubeconfig,
+            &admin_user_files(),
+            namespaces,
+            extra,
+        )
     }
 
     /// Like [`Operator::start`], but the operator reaches the API server with `kubeconfig` (e.g.
     /// one from [`impersonating_kubeconfig`]).
     pub fn start_with_kubeconfig(kubeconfig: &Path, namespaces: &[&str], extra: &[&str]) -> Self {
         let url = env("KEYCLOAK_URL");
-        Self::launch(&url, kubeconfig.into(), &admin_user_files(), namespaces, extra)
+        Self::launch(
+            &url,
+            kubeconfig.into(),
+            &admin_user_files(),
+            namespaces,
+            extra,
+        )
     }
 
     /// Like [`Operator::start`], with these files (name, content) as the admin credentials
@@ -329,7 +341,13 @@ impl Operator {
         extra: &[&str],
     ) -> Self {
         let kubeconfig = PathBuf::from(env("KUBECONFIG"));
-        Self::launch(&env("KEYCLOAK_URL"), kubeconfig, credentials, namespaces, extra)
+        Self::launch(
+            &env("KEYCLOAK_URL"),
+            kubeconfig,
+            credentials,
+            namespaces,
+            extra,
+        )
     }
 
     fn launch(
