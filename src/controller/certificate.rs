@@ -10,7 +10,7 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{PartialObjectMeta, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
@@ -44,13 +44,16 @@ pub async fn run(
     readiness: Arc<Readiness>,
 ) {
     let controllers = apis.into_iter().map(|certificates| {
-        let (secrets, consumers): (Api<Secret>, Api<Consumer>) = match certificates.namespace() {
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-        };
+        // Only the name of a changed Consumer is needed to find its certificates (the Consumer
+        // itself is read from the Consumer controller's cache), so that watch is metadata-only.
+        let (secrets, consumers): (Api<Secret>, Api<PartialObjectMeta<Consumer>>) =
+            match certificates.namespace() {
+                Some(ns) => (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                ),
+                None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+            };
         let (reader, writer) = reflector::store();
         let certificates = watcher(certificates, watcher::Config::default())
             .default_backoff()
@@ -73,7 +76,9 @@ pub async fn run(
             .watches(
                 consumers,
                 watcher::Config::default(),
-                move |consumer: Consumer| certificates_of(&by_consumer, &consumer),
+                move |consumer: PartialObjectMeta<Consumer>| {
+                    certificates_of(&by_consumer, &consumer)
+                },
             );
         readiness.track(store);
         super::drain(controller.run(reconcile, error_policy, ctx.clone()))
@@ -104,7 +109,7 @@ fn referencing(
 /// The ConsumerCertificates of `consumer`: re-evaluated when it appears or changes tenant.
 fn certificates_of(
     store: &Store<ConsumerCertificate>,
-    consumer: &Consumer,
+    consumer: &PartialObjectMeta<Consumer>,
 ) -> Vec<ObjectRef<ConsumerCertificate>> {
     store
         .state()
