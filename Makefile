@@ -34,9 +34,14 @@ lint:
 # Benchmarks against the running local stack (not part of `make test`): for each size, the
 # Keycloak floor, the onboarding through the release operator and a restart; then memory with
 # 10,000 Consumers and 10,000 unrelated Secrets. One JSON line per result; see docs/benchmarks.md.
-.PHONY: bench faults
+.PHONY: bench faults bench-crds
 BENCH_SIZES ?= 100,1000
-bench:
+# The benchmarks apply Consumers to the running stack, which needs the CRDs first.
+bench-crds:
+	. .stack/env && $$KUBECTL apply --server-side -f crds/ >/dev/null && \
+	  $$KUBECTL wait --for condition=established --timeout=60s -f crds/ >/dev/null
+
+bench: bench-crds
 	cargo build --release
 	cd bench && cargo build --release
 	target/release/consumer-operator-bench onboard --sizes $(BENCH_SIZES)
@@ -47,7 +52,7 @@ bench:
 # onboardings, each interrupted by one kind of crash (SIGKILL, then a start on the same data), each
 # ending with the audit: the operator three times, Keycloak, kube-apiserver, etcd.
 FAULT_SIZE ?= 1000
-faults:
+faults: bench-crds
 	cargo build --release
 	cd bench && cargo build --release
 	target/release/consumer-operator-bench faults --n $(FAULT_SIZE) --operator-kills 3

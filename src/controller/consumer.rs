@@ -96,6 +96,11 @@ async fn reconcile(consumer: Arc<Consumer>, ctx: Arc<Context>) -> Result<Action,
     let namespace = consumer.namespace().unwrap_or_default();
     let api: Api<Consumer> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = super::object_key(consumer.as_ref());
+    if ctx.status_writes.is_behind(&key, consumer.as_ref()) {
+        // The cache still holds the version this operator last wrote the status over; the watch
+        // event of that write is on its way and reconciles the current version.
+        return Ok(Action::await_change());
+    }
 
     let result = finalizer(&api, names::CONSUMER_FINALIZER, consumer, |event| async {
         match event {
@@ -200,6 +205,46 @@ impl VerifiedCache {
     /// Forgets a Consumer (deleted, or its sync failed).
     pub fn forget(&self, key: &str) {
         self.entries.lock().expect("not poisoned").remove(key);
+    }
+}
+
+/// The resourceVersion each Consumer had when the operator last changed its status, until the
+/// cache shows a newer version. A reconcile started by another event (its Secret's) in between
+/// would compare the desired status with a stale one and write it a second time.
+#[derive(Default)]
+pub struct StatusWrites {
+    written_over: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl StatusWrites {
+    /// True when `consumer` is the version the last status write replaced.
+    fn is_behind(&self, key: &str, consumer: &Consumer) -> bool {
+        let mut written_over = self.written_over.lock().expect("not poisoned");
+        match written_over.get(key) {
+            Some(version) if consumer.metadata.resource_version.as_ref() == Some(version) => true,
+            Some(_) => {
+                written_over.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records that the status write turned version `before` into version `after`. A write that
+    /// changed nothing on the server makes no new version and no watch event: nothing to wait for.
+    fn record(&self, key: String, before: Option<String>, after: Option<String>) {
+        if let Some(before) = before
+            && after.as_ref() != Some(&before)
+        {
+            self.written_over
+                .lock()
+                .expect("not poisoned")
+                .insert(key, before);
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        self.written_over.lock().expect("not poisoned").remove(key);
     }
 }
 
@@ -936,8 +981,14 @@ async fn write_status(
         "status": status,
     });
     let params = PatchParams::apply(names::FIELD_MANAGER).force();
-    api.patch_status(&consumer.name_any(), &params, &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&consumer.name_any(), &params, &Patch::Apply(&patch))
         .await?;
+    ctx.status_writes.record(
+        super::object_key(consumer),
+        consumer.resource_version(),
+        written.resource_version(),
+    );
     Ok(())
 }
 
@@ -982,6 +1033,7 @@ fn conditions(consumer: &Consumer, outcome: &Outcome) -> Vec<Desired> {
 /// Deletes the Keycloak client (unless the Orphan policy says otherwise) and the Secret.
 async fn cleanup(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
     ctx.verified.forget(&super::object_key(consumer));
+    ctx.status_writes.forget(&super::object_key(consumer));
     let realm = decide_client::realm(&ctx.settings.realm_template, &consumer.spec.tenant_id);
     let client_id = decide_client::client_id(consumer);
     let orphan = consumer
@@ -1051,4 +1103,49 @@ async fn cleanup(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConsumerSpec, consumer::CredentialsSpec};
+
+    fn at_version(version: &str) -> Consumer {
+        let mut consumer = Consumer::new(
+            "partner-1",
+            ConsumerSpec {
+                external_id: "partner-1".into(),
+                tenant_id: "acme".into(),
+                name: "Partner One".into(),
+                email: "ops@partner.example".into(),
+                company: None,
+                description: None,
+                state: ConsumerState::Active,
+                consumer_metadata: BTreeMap::new(),
+                credentials: CredentialsSpec::default(),
+            },
+        );
+        consumer.metadata.resource_version = Some(version.into());
+        consumer
+    }
+
+    #[test]
+    fn a_consumer_is_behind_until_the_cache_shows_a_version_after_the_status_write() {
+        let writes = StatusWrites::default();
+
+        writes.record("ns/partner-1".into(), Some("10".into()), Some("11".into()));
+
+        assert!(writes.is_behind("ns/partner-1", &at_version("10")));
+        assert!(!writes.is_behind("ns/partner-1", &at_version("11")));
+        assert!(!writes.is_behind("ns/partner-1", &at_version("10")), "forgotten once caught up");
+    }
+
+    #[test]
+    fn a_status_write_that_changed_nothing_on_the_server_leaves_nothing_to_wait_for() {
+        let writes = StatusWrites::default();
+
+        writes.record("ns/partner-1".into(), Some("10".into()), Some("10".into()));
+
+        assert!(!writes.is_behind("ns/partner-1", &at_version("10")));
+    }
 }

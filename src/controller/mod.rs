@@ -49,6 +49,8 @@ pub struct Context {
     pub readiness: Arc<Readiness>,
     /// The last full sync of each Consumer.
     pub verified: consumer::VerifiedCache,
+    /// The Consumer versions the last status writes replaced.
+    pub status_writes: consumer::StatusWrites,
 }
 
 /// The reflector stores of every controller (one per watched namespace and kind).
@@ -296,6 +298,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         stores: Stores::default(),
         readiness: readiness.clone(),
         verified: consumer::VerifiedCache::new(args.resync_interval),
+        status_writes: consumer::StatusWrites::default(),
     });
 
     let server = tokio::spawn(server::serve(
