@@ -1137,7 +1137,10 @@ mod tests {
 
         assert!(writes.is_behind("ns/partner-1", &at_version("10")));
         assert!(!writes.is_behind("ns/partner-1", &at_version("11")));
-        assert!(!writes.is_behind("ns/partner-1", &at_version("10")), "forgotten once caught up");
+        assert!(
+            !writes.is_behind("ns/partner-1", &at_version("10")),
+            "forgotten once caught up"
+        );
     }
 
     #[test]
