@@ -170,36 +170,45 @@ pub struct Verified {
 }
 
 /// The last full sync of each Consumer, so that the events its own writes cause (the Secret,
-/// the status) cost no Keycloak request. An entry serves for half the resync interval and never
-/// past a grace end.
+/// the status) cost no Keycloak request. An entry serves for half the resync interval, never
+/// past a grace end, and never across a Keycloak outage: a Keycloak that comes back may have
+/// lost its last writes (or been restored from a backup), so every Consumer is verified again.
 pub struct VerifiedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Seen, Verified, Instant)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Seen, Verified, Instant, u64)>>,
     fresh_for: std::time::Duration,
+    /// Counts Keycloak's recoveries; an entry is valid only in the recovery count it was made in.
+    recoveries: tokio::sync::watch::Receiver<u64>,
 }
 
 impl VerifiedCache {
-    pub fn new(resync_interval: std::time::Duration) -> Self {
+    pub fn new(
+        resync_interval: std::time::Duration,
+        recoveries: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
         Self {
             entries: Default::default(),
             fresh_for: resync_interval / 2,
+            recoveries,
         }
     }
 
     fn recent(&self, key: &str, seen: &Seen) -> Option<Verified> {
         let entries = self.entries.lock().expect("not poisoned");
-        let (recorded, verified, at) = entries.get(key)?;
+        let (recorded, verified, at, recovery) = entries.get(key)?;
         let grace_due = verified
             .credentials
             .grace_ends
             .is_some_and(|end| end <= Utc::now());
-        (recorded == seen && at.elapsed() < self.fresh_for && !grace_due).then(|| verified.clone())
+        let fresh = at.elapsed() < self.fresh_for && *recovery == *self.recoveries.borrow();
+        (recorded == seen && fresh && !grace_due).then(|| verified.clone())
     }
 
     fn record(&self, key: String, seen: Seen, verified: Verified) {
+        let recovery = *self.recoveries.borrow();
         self.entries
             .lock()
             .expect("not poisoned")
-            .insert(key, (seen, verified, Instant::now()));
+            .insert(key, (seen, verified, Instant::now(), recovery));
     }
 
     /// Forgets a Consumer (deleted, or its sync failed).
@@ -1127,6 +1136,32 @@ mod tests {
         );
         consumer.metadata.resource_version = Some(version.into());
         consumer
+    }
+
+    fn verified() -> Verified {
+        Verified {
+            client: ClientSync {
+                uuid: "uuid-1".into(),
+            },
+            credentials: CredentialsSync {
+                status: CredentialsStatus::default(),
+                grace_ends: None,
+                secret_version: Some("7".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_full_sync_is_trusted_until_keycloak_recovers_from_an_outage() {
+        let (recoveries, receiver) = tokio::sync::watch::channel(0);
+        let cache = VerifiedCache::new(std::time::Duration::from_secs(600), receiver);
+        let seen = Seen::of(&at_version("10"), None, &CertificateBinding::default());
+        cache.record("ns/partner-1".into(), seen.clone(), verified());
+        assert!(cache.recent("ns/partner-1", &seen).is_some());
+
+        recoveries.send_replace(1);
+
+        assert!(cache.recent("ns/partner-1", &seen).is_none());
     }
 
     #[test]

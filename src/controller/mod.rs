@@ -280,6 +280,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .to_owned(),
         resync_interval: args.resync_interval,
     };
+    let recoveries = keycloak.recoveries(&args.keycloak_url, &args.keycloak_admin_realm);
     let ready = Arc::new(AtomicBool::new(false));
     let watched = args
         .watch_namespace
@@ -297,7 +298,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         failures: std::sync::Mutex::default(),
         stores: Stores::default(),
         readiness: readiness.clone(),
-        verified: consumer::VerifiedCache::new(args.resync_interval),
+        verified: consumer::VerifiedCache::new(args.resync_interval, recoveries.clone()),
         status_writes: consumer::StatusWrites::default(),
     });
 
@@ -330,9 +331,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         realm_template = %args.realm_template,
         "starting controllers"
     );
-    let recoveries = ctx
-        .keycloak
-        .recoveries(&args.keycloak_url, &args.keycloak_admin_realm);
     tokio::spawn(forget_failures_on_recovery(ctx.clone(), recoveries.clone()));
     let consumer_apis = namespaced(&client, &namespaces);
     let consumers = consumer::run(
