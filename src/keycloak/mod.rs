@@ -149,6 +149,10 @@ impl Keycloak {
         if down && !was_down {
             self.health.went_down.notify_one();
         }
+        // NB: whichever notices first, this call or the probe, announces the recovery.
+        if was_down && !down {
+            self.health.recovered();
+        }
     }
 
     /// Runs one admin call: times and counts it, and maps its error.
@@ -421,10 +425,16 @@ async fn watch_recovery(health: Arc<Health>, probe: String, http: reqwest::Clien
             .await
             .is_ok_and(|r| r.status().is_success());
         if answered && health.unavailable.swap(false, Ordering::SeqCst) {
-            tracing::info!("Keycloak answers again; retrying every object");
-            if let Some(sender) = health.recoveries.get() {
-                sender.send_modify(|n| *n += 1);
-            }
+            health.recovered();
+        }
+    }
+}
+
+impl Health {
+    fn recovered(&self) {
+        tracing::info!("Keycloak answers again; verifying every object");
+        if let Some(sender) = self.recoveries.get() {
+            sender.send_modify(|n| *n += 1);
         }
     }
 }
