@@ -1,5 +1,6 @@
 //! Keycloak unreachable while Consumers are applied: the conditions say so, nothing is lost or
-//! duplicated, and everything becomes Ready once Keycloak answers. Uses a Keycloak instance of its
+//! duplicated, and everything becomes Ready once Keycloak answers; a client that Keycloak lost
+//! while it was down is created again as soon as it is back. Uses a Keycloak instance of its
 //! own (stack/keycloak.sh), so that stopping it disturbs no other test.
 
 mod common;
@@ -144,7 +145,53 @@ async fn consumers_survive_keycloak_outages_and_become_ready_once_it_is_back() {
         wait_for(&consumers, name, "True/Reconciled", &operator).await;
     }
 
+    // Keycloak loses a client across an outage (deleted just before the stop, as a restore from
+    // a backup or an unflushed write would lose it): once Keycloak is back every client is
+    // checked again, so it is created again now, not at the resync ten minutes later.
+    let lost_client_id = format!("{tenant}-partner-1");
+    let lost_uuid = admin.clients(&tenant, &lost_client_id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = admin
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/{tenant}/clients/{lost_uuid}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "delete client: {body}");
+    keycloak.run("stop");
+    apply(&consumers, "partner-2", &tenant, "Partner 2 renamed").await;
+    wait_for(
+        &consumers,
+        "partner-2",
+        "False/KeycloakUnavailable",
+        &operator,
+    )
+    .await;
+    keycloak.run("start");
+    wait_for(&consumers, "partner-2", "True/Reconciled", &operator).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    common::eventually(
+        "partner-1's client created again and its Secret obtaining a token",
+        Duration::from_secs(60),
+        || async {
+            let clients = admin.clients(&tenant, &lost_client_id).await;
+            let recreated = clients.len() == 1 && clients[0]["id"] != lost_uuid.as_str();
+            let data = secrets.get("partner-1-credentials").await.ok()?.data?;
+            let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+            let token = admin
+                .token(
+                    &text("token_url"),
+                    &text("client_id"),
+                    &text("client_secret"),
+                )
+                .await;
+            (recreated && token.is_ok()).then_some(())
+        },
+    )
+    .await;
     for name in &all {
         let clients = admin.clients(&tenant, &format!("{tenant}-{name}")).await;
         assert_eq!(clients.len(), 1, "exactly one client for {name}");
