@@ -102,6 +102,32 @@ async fn wait_for(consumers: &Api<Consumer>, name: &str, wanted: &str, operator:
         .unwrap();
 }
 
+/// A token request with the credentials in `name`'s Secret: the claims, or why there are none.
+async fn secret_token(
+    admin: &Keycloak,
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<serde_json::Value, String> {
+    let secret = secrets
+        .get(&format!("{name}-credentials"))
+        .await
+        .map_err(|e| format!("no Secret: {e}"))?;
+    let data = secret.data.unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|value| String::from_utf8_lossy(&value.0).into_owned())
+            .unwrap_or_default()
+    };
+    admin
+        .token(
+            &text("token_url"),
+            &text("client_id"),
+            &text("client_secret"),
+        )
+        .await
+        .map_err(|status| format!("token request answered {status}"))
+}
+
 #[tokio::test]
 async fn consumers_survive_keycloak_outages_and_become_ready_once_it_is_back() {
     let client = kube_client().await;
@@ -179,15 +205,7 @@ async fn consumers_survive_keycloak_outages_and_become_ready_once_it_is_back() {
         || async {
             let clients = admin.clients(&tenant, &lost_client_id).await;
             let recreated = clients.len() == 1 && clients[0]["id"] != lost_uuid.as_str();
-            let data = secrets.get("partner-1-credentials").await.ok()?.data?;
-            let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
-            let token = admin
-                .token(
-                    &text("token_url"),
-                    &text("client_id"),
-                    &text("client_secret"),
-                )
-                .await;
+            let token = secret_token(&admin, &secrets, "partner-1").await;
             (recreated && token.is_ok()).then_some(())
         },
     )
@@ -195,20 +213,7 @@ async fn consumers_survive_keycloak_outages_and_become_ready_once_it_is_back() {
     for name in &all {
         let clients = admin.clients(&tenant, &format!("{tenant}-{name}")).await;
         assert_eq!(clients.len(), 1, "exactly one client for {name}");
-        let data = secrets
-            .get(&format!("{name}-credentials"))
-            .await
-            .unwrap()
-            .data
-            .unwrap();
-        let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
-        let token = admin
-            .token(
-                &text("token_url"),
-                &text("client_id"),
-                &text("client_secret"),
-            )
-            .await;
+        let token = secret_token(&admin, &secrets, name).await;
         assert!(
             token.is_ok(),
             "{name}'s credentials obtain a token: {token:?}"

@@ -298,22 +298,28 @@ fn regex_email() -> &'static regex::Regex {
     EMAIL.get_or_init(|| regex::Regex::new(EMAIL_PATTERN).expect("valid pattern"))
 }
 
+/// A valid spec for the unit tests of every layer: consumer `partner-1` of tenant `acme`.
+#[cfg(test)]
+pub fn example_spec() -> ConsumerSpec {
+    ConsumerSpec {
+        external_id: "partner-1".into(),
+        tenant_id: "acme".into(),
+        name: "Partner One".into(),
+        email: "ops@partner.example".into(),
+        company: None,
+        description: None,
+        state: ConsumerState::Active,
+        consumer_metadata: BTreeMap::new(),
+        credentials: CredentialsSpec::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec() -> ConsumerSpec {
-        ConsumerSpec {
-            external_id: "partner-1".into(),
-            tenant_id: "acme".into(),
-            name: "Partner One".into(),
-            email: "ops@partner.example".into(),
-            company: None,
-            description: None,
-            state: ConsumerState::Active,
-            consumer_metadata: BTreeMap::new(),
-            credentials: CredentialsSpec::default(),
-        }
+        example_spec()
     }
 
     #[test]

@@ -1117,23 +1117,9 @@ async fn cleanup(consumer: &Consumer, ctx: &Context) -> Result<Action, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ConsumerSpec, consumer::CredentialsSpec};
 
     fn at_version(version: &str) -> Consumer {
-        let mut consumer = Consumer::new(
-            "partner-1",
-            ConsumerSpec {
-                external_id: "partner-1".into(),
-                tenant_id: "acme".into(),
-                name: "Partner One".into(),
-                email: "ops@partner.example".into(),
-                company: None,
-                description: None,
-                state: ConsumerState::Active,
-                consumer_metadata: BTreeMap::new(),
-                credentials: CredentialsSpec::default(),
-            },
-        );
+        let mut consumer = Consumer::new("partner-1", crate::api::consumer::example_spec());
         consumer.metadata.resource_version = Some(version.into());
         consumer
     }

@@ -302,21 +302,15 @@ fn same_mapper(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ConsumerSpec, consumer::CredentialsSpec};
+    use crate::api::ConsumerSpec;
 
     fn consumer() -> Consumer {
         let mut consumer = Consumer::new(
             "partner-1",
             ConsumerSpec {
-                external_id: "partner-1".into(),
-                tenant_id: "acme".into(),
-                name: "Partner One".into(),
-                email: "ops@partner.example".into(),
                 company: Some("Partner Inc".into()),
-                description: None,
-                state: ConsumerState::Active,
                 consumer_metadata: BTreeMap::from([("tier".into(), "gold".into())]),
-                credentials: CredentialsSpec::default(),
+                ..crate::api::consumer::example_spec()
             },
         );
         consumer.metadata.namespace = Some("tenant-acme".into());
