@@ -33,8 +33,8 @@ fn crd(args: CrdArgs) -> ExitCode {
     let documents = api::crd_documents();
     match args.out_dir {
         None => {
-            let all: Vec<_> = documents.into_iter().map(|(_, yaml)| yaml).collect();
-            print!("{}", all.join("---\n"));
+            let all: String = documents.into_iter().map(|(_, yaml)| yaml).collect();
+            print!("{all}");
             ExitCode::SUCCESS
         }
         Some(dir) => {

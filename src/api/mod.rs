@@ -13,14 +13,15 @@ pub use consumer::{Consumer, ConsumerSpec, ConsumerState, ConsumerStatus};
 
 use kube::CustomResourceExt;
 
-/// The CRDs as YAML documents: `(file name, yaml)` in the order `crds/` lists them.
+/// The CRDs as YAML documents: `(file name, yaml)` in the order `crds/` lists them, each
+/// starting with `---`, so that `cat crds/*.yaml` is exactly what `consumer-operator crd` prints.
 pub fn crd_documents() -> Vec<(String, String)> {
-    let crds = [Consumer::crd(), ConsumerCertificate::crd()];
+    let crds = [ConsumerCertificate::crd(), Consumer::crd()];
     crds.into_iter()
         .map(|crd| {
             let file = format!("{}.yaml", kube::ResourceExt::name_any(&crd));
             let yaml = serde_yaml::to_string(&crd).expect("a CRD serialises");
-            (file, yaml)
+            (file, format!("---\n{yaml}"))
         })
         .collect()
 }
