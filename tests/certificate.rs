@@ -54,17 +54,7 @@ impl World {
 
     /// Declares a Consumer of the tenant, waits until it is Ready and returns its credentials.
     async fn consumer(&self, name: &str) -> Credentials {
-        let manifest = json!({
-            "apiVersion": "gostoa.dev/v1alpha1",
-            "kind": "Consumer",
-            "metadata": { "name": name },
-            "spec": {
-                "externalId": name,
-                "tenantId": self.tenant,
-                "name": format!("Partner {name}"),
-                "email": format!("ops@{name}.example"),
-            },
-        });
+        let manifest = common::consumer_manifest(name, &self.tenant, json!({}));
         let params = PatchParams::apply("tests").force();
         self.consumers()
             .patch(name, &params, &Patch::Apply(manifest))
@@ -243,6 +233,20 @@ impl World {
                 "a private key line is in a status"
             );
         }
+    }
+
+    /// Deletes a ConsumerCertificate and waits until it is gone (its finalizer has run).
+    async fn delete_certificate(&self, name: &str) {
+        let uid = self.certificates().get(name).await.unwrap().uid().unwrap();
+        self.certificates()
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+        let gone = await_condition(self.certificates(), name, conditions::is_deleted(&uid));
+        tokio::time::timeout(WAIT, gone)
+            .await
+            .unwrap_or_else(|_| panic!("{name} was not deleted\n{}", self.log_tail()))
+            .unwrap();
     }
 
     fn log_tail(&self) -> String {
@@ -1263,47 +1267,14 @@ async fn a_deleted_certificate_leaves_the_tokens_before_the_object_goes() {
         })
         .await;
 
-    let uid = world
-        .certificates()
-        .get("deleted")
-        .await
-        .unwrap()
-        .uid()
-        .unwrap();
-    world
-        .certificates()
-        .delete("deleted", &Default::default())
-        .await
-        .unwrap();
-    let gone = await_condition(
-        world.certificates(),
-        "deleted",
-        conditions::is_deleted(&uid),
-    );
-    tokio::time::timeout(WAIT, gone)
-        .await
-        .unwrap_or_else(|_| panic!("the certificate was not deleted\n{}", world.log_tail()))
-        .unwrap();
+    world.delete_certificate("deleted").await;
 
     // The finalizer unbinds before it lets the object go: the first token afterwards is clean.
     let claims = world.claims(&credentials).await;
     assert_eq!(accepted_in_token(&claims), vec![kept.x5t_s256()]);
     assert_eq!(cnf(&claims), Some(kept.x5t_s256().as_str()));
 
-    let uid = world
-        .certificates()
-        .get("kept")
-        .await
-        .unwrap()
-        .uid()
-        .unwrap();
-    world
-        .certificates()
-        .delete("kept", &Default::default())
-        .await
-        .unwrap();
-    let gone = await_condition(world.certificates(), "kept", conditions::is_deleted(&uid));
-    tokio::time::timeout(WAIT, gone).await.unwrap().unwrap();
+    world.delete_certificate("kept").await;
     let claims = world.claims(&credentials).await;
     assert!(
         claims.get("cnf").is_none() && claims.get("x5t_s256_accepted").is_none(),

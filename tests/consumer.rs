@@ -26,21 +26,7 @@ impl World {
     }
 
     fn manifest(&self, name: &str, spec: Value) -> Value {
-        let mut full = json!({
-            "externalId": name,
-            "tenantId": self.tenant,
-            "name": format!("Partner {name}"),
-            "email": format!("ops@{name}.example"),
-        });
-        full.as_object_mut()
-            .unwrap()
-            .extend(spec.as_object().cloned().unwrap_or_default());
-        json!({
-            "apiVersion": "gostoa.dev/v1alpha1",
-            "kind": "Consumer",
-            "metadata": { "name": name },
-            "spec": full,
-        })
+        common::consumer_manifest(name, &self.tenant, spec)
     }
 
     async fn apply(&self, name: &str, spec: Value) -> Result<Consumer, kube::Error> {

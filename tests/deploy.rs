@@ -786,18 +786,7 @@ async fn operator_runs_a_consumer_lifecycle_with_only_its_service_accounts_right
 }
 
 fn consumer(name: &str, tenant: &str) -> Consumer {
-    serde_json::from_value(json!({
-        "apiVersion": "gostoa.dev/v1alpha1",
-        "kind": "Consumer",
-        "metadata": { "name": name },
-        "spec": {
-            "externalId": name,
-            "tenantId": tenant,
-            "name": format!("Partner {name}"),
-            "email": format!("ops@{name}.example"),
-        },
-    }))
-    .unwrap()
+    serde_json::from_value(common::consumer_manifest(name, tenant, json!({}))).unwrap()
 }
 
 /// What no behaviour of DESIGN.md needs, anywhere.

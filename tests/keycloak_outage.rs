@@ -64,23 +64,9 @@ fn reason(consumer: &Consumer) -> Option<String> {
     Some(format!("{}/{}", ready.status, ready.reason))
 }
 
-fn manifest(name: &str, tenant: &str, display_name: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "gostoa.dev/v1alpha1",
-        "kind": "Consumer",
-        "metadata": { "name": name },
-        "spec": {
-            "externalId": name,
-            "tenantId": tenant,
-            "name": display_name,
-            "email": "ops@example.org",
-        },
-    })
-}
-
 async fn apply(consumers: &Api<Consumer>, name: &str, tenant: &str, display_name: &str) {
     let params = PatchParams::apply("tests").force();
-    let manifest = manifest(name, tenant, display_name);
+    let manifest = common::consumer_manifest(name, tenant, json!({ "name": display_name }));
     consumers
         .patch(name, &params, &Patch::Apply(manifest))
         .await

@@ -87,18 +87,8 @@ impl Replicas {
     }
 
     async fn create_consumer(&self, name: &str) {
-        let consumer: Consumer = serde_json::from_value(json!({
-            "apiVersion": "gostoa.dev/v1alpha1",
-            "kind": "Consumer",
-            "metadata": { "name": name },
-            "spec": {
-                "externalId": name,
-                "tenantId": self.tenant,
-                "name": format!("Partner {name}"),
-                "email": format!("ops@{name}.example"),
-            },
-        }))
-        .unwrap();
+        let manifest = common::consumer_manifest(name, &self.tenant, json!({}));
+        let consumer: Consumer = serde_json::from_value(manifest).unwrap();
         self.consumers
             .create(&PostParams::default(), &consumer)
             .await

@@ -268,6 +268,26 @@ impl Keycloak {
 }
 
 /// The claims of a JWT (not verified: the tests read what Keycloak issued).
+/// The manifest of Consumer `name` of `tenant` the tests start from: display name
+/// `Partner <name>`, email `ops@<name>.example`; `spec` fields given here are added or replace.
+pub fn consumer_manifest(name: &str, tenant: &str, spec: Value) -> Value {
+    let mut full = json!({
+        "externalId": name,
+        "tenantId": tenant,
+        "name": format!("Partner {name}"),
+        "email": format!("ops@{name}.example"),
+    });
+    full.as_object_mut()
+        .unwrap()
+        .extend(spec.as_object().cloned().unwrap_or_default());
+    json!({
+        "apiVersion": "gostoa.dev/v1alpha1",
+        "kind": "Consumer",
+        "metadata": { "name": name },
+        "spec": full,
+    })
+}
+
 pub fn jwt_claims(jwt: &str) -> Value {
     use base64::Engine;
     let payload = jwt.split('.').nth(1).expect("a JWT");
